@@ -1,0 +1,114 @@
+"""The four HRNet heads: V1 pose, V2 segmentation, V2p detection, classification."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hrnet_edge.models.blocks import Bottleneck, conv_bn, resize_to
+
+
+class PoseHead(nn.Module):
+    """HRNetV1: keypoint heatmaps from the high-resolution branch (stride 4)."""
+
+    def __init__(self, channels: tuple[int, ...], num_keypoints: int):
+        super().__init__()
+        self.final = nn.Conv2d(channels[0], num_keypoints, 1)
+
+    def forward(self, xs):
+        return self.final(xs[0])
+
+
+class ConcatUp(nn.Module):
+    """HRNetV2 representation: every branch upsampled to the highest resolution and
+    concatenated along channels."""
+
+    def __init__(self, mode: str, align_corners: bool):
+        super().__init__()
+        self.mode = mode
+        self.align_corners = align_corners
+
+    def forward(self, xs):
+        h, w = int(xs[0].shape[-2]), int(xs[0].shape[-1])
+        ups = [xs[0]] + [resize_to(x, (h, w), self.mode, self.align_corners) for x in xs[1:]]
+        return torch.cat(ups, dim=1)
+
+
+class SegHead(nn.Module):
+    """HRNetV2 segmentation: concat, 1x1 conv mix (BN, ReLU), 1x1 per-pixel classifier.
+
+    Logits come out at stride 4; callers upsample bilinearly to the label size.
+    """
+
+    def __init__(self, channels: tuple[int, ...], num_classes: int, mode: str, align_corners: bool):
+        super().__init__()
+        total = sum(channels)
+        self.concat = ConcatUp(mode, align_corners)
+        self.mix = conv_bn(total, total, 1)
+        self.classifier = nn.Conv2d(total, num_classes, 1)
+
+    def forward(self, xs):
+        return self.classifier(self.mix(self.concat(xs)))
+
+
+class DetHead(nn.Module):
+    """HRNetV2p detection: a pyramid made by average-pooling the V2 output, and a light
+    anchor-free (FCOS-style) head shared across levels.
+
+    Output: one tensor (N, P, 5 + num_classes) over all pyramid points P, ordered level
+    by level (strides 4, 8, 16, ...), row-major inside a level. Per point:
+    ``[l, t, r, b, centerness, class logits...]`` where the box is
+    ``(cx - exp(l)*s, cy - exp(t)*s, cx + exp(r)*s, cy + exp(b)*s)`` with the point's
+    centre ``(cx, cy) = ((col + 0.5) * s, (row + 0.5) * s)`` and stride ``s``; score is
+    ``sigmoid(class) * sigmoid(centerness)``. Decoding and NMS stay outside the graph.
+    """
+
+    def __init__(self, channels: tuple[int, ...], num_classes: int, head_channels: int,
+                 levels: int, mode: str, align_corners: bool):
+        super().__init__()
+        self.levels = levels
+        self.concat = ConcatUp(mode, align_corners)
+        self.reduce = nn.Conv2d(sum(channels), head_channels, 1)
+        self.level_convs = nn.ModuleList(
+            nn.Conv2d(head_channels, head_channels, 3, padding=1) for _ in range(levels)
+        )
+        self.tower = nn.Sequential(conv_bn(head_channels, head_channels), conv_bn(head_channels, head_channels))
+        self.box = nn.Conv2d(head_channels, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(head_channels, 1, 3, padding=1)
+        self.cls = nn.Conv2d(head_channels, num_classes, 3, padding=1)
+        nn.init.constant_(self.cls.bias, -4.6)  # prior 0.01, the usual focal-loss start
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(4 * 2**i for i in range(self.levels))
+
+    def forward(self, xs):
+        p = self.reduce(self.concat(xs))
+        outs = []
+        for i, conv in enumerate(self.level_convs):
+            level = nn.functional.avg_pool2d(p, 2**i, 2**i) if i else p
+            t = self.tower(conv(level))
+            y = torch.cat([self.box(t), self.centerness(t), self.cls(t)], dim=1)
+            outs.append(y.flatten(2))
+        return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+class ClsHead(nn.Module):
+    """The classification head: each branch through one bottleneck to 32/64/128/256
+    planes (x4), strided 3x3 convs that merge high into low resolution step by step,
+    a 1x1 conv to 2048, global average pooling and a linear classifier."""
+
+    def __init__(self, channels: tuple[int, ...], num_classes: int):
+        super().__init__()
+        planes = (32, 64, 128, 256)
+        self.incre = nn.ModuleList(Bottleneck(c, p) for c, p in zip(channels, planes))
+        outs = [p * Bottleneck.expansion for p in planes]
+        self.down = nn.ModuleList(conv_bn(outs[i], outs[i + 1], 3, 2) for i in range(3))
+        self.final = conv_bn(outs[-1], 2048, 1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, xs):
+        y = self.incre[0](xs[0])
+        for i, down in enumerate(self.down):
+            y = self.incre[i + 1](xs[i + 1]) + down(y)
+        y = self.final(y).mean(dim=(2, 3))
+        return self.fc(y)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install hrnet-edge with every backend at the pinned versions.
+# Idempotent: a second run only checks that the installed set still matches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+stamp=.venv/.hrnet-edge-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "[setup] .venv is up to date"
+    exit 0
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first and exactly pinned: pip takes the CPU build that lies on this disk.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+echo "$want" > "$stamp"
+echo "[setup] installed into .venv"
