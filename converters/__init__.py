@@ -1,0 +1,1 @@
+"""Exporters, one module per target, behind one interface (see base.py)."""

@@ -1,0 +1,130 @@
+"""The interface every export target implements.
+
+A target turns a PyTorch model into an artifact folder
+``<run>/exports/<target>-<precision>/`` holding ``model.<ext>`` and
+``metadata.json``, and can load that artifact back into a :class:`Runner` that takes
+the same input as the PyTorch model (NCHW float32 RGB in 0..1) and returns the same
+output layout (NCHW for pose heatmaps), whatever the artifact uses inside (e.g. NHWC
+for TFLite). A target never calls another target: when one needs another's product
+(TFLite needs the ONNX file), the pipeline hands it over in :class:`ExportJob`.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+# Precisions a target may offer. "int8" always means activations and weights in INT8
+# unless the target's metadata says otherwise (Core ML: weight-only).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass
+class ExportJob:
+    """Everything a target may need to produce one artifact.
+
+    Attributes:
+        model: the float PyTorch model, in eval mode.
+        precision: one of the target's ``precisions``.
+        out_dir: the artifact folder to create (written atomically).
+        metadata: the base metadata (variant, task, input/output description,
+            checkpoint hash); the target adds its own fields (format, precision,
+            tool versions, layout) before writing ``metadata.json``.
+        calibration: calibration images, NCHW float32 in 0..1, from the training set.
+        qat_model: the NNCF QAT model, when the INT8 route should start from it.
+        qat_float_model: the QAT-fine-tuned float weights (a plain torch module with
+            the fake quantizers removed), for targets that re-quantize with their
+            own quantizer.
+        onnx_path: an ONNX file (opset 17) of ``model``, handed over by the pipeline.
+        onnx_qdq_path: a QDQ ONNX of the stripped QAT model, when available.
+    """
+
+    model: nn.Module
+    precision: str
+    out_dir: Path
+    metadata: dict[str, Any]
+    calibration: np.ndarray | None = None
+    qat_model: nn.Module | None = None
+    qat_float_model: nn.Module | None = None
+    onnx_path: Path | None = None
+    onnx_qdq_path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """What an export produced."""
+
+    target: str
+    precision: str
+    path: Path  # the model file (or .mlpackage folder)
+    metadata_path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+class Runner(abc.ABC):
+    """A loaded artifact that runs on this host."""
+
+    @abc.abstractmethod
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch: NCHW float32 RGB in 0..1 in, the model's output layout out."""
+
+    def set_threads(self, n: int) -> None:  # pragma: no cover - optional
+        """Fix the runtime's thread count where the runtime allows it."""
+
+
+class Target(abc.ABC):
+    """One export target (a format plus its runtime).
+
+    Class attributes:
+        name: short name used in folder names and reports, e.g. ``"openvino"``.
+        precisions: the precisions this target exports.
+        extra: the pip extra that installs its backend.
+        suffix: the artifact's file suffix, e.g. ``".xml"``.
+    """
+
+    name: str = ""
+    precisions: tuple[str, ...] = ()
+    extra: str = ""
+    suffix: str = ""
+
+    @abc.abstractmethod
+    def available(self) -> tuple[bool, str]:
+        """Whether the backend can be imported: (True, "") or (False, reason)."""
+
+    @abc.abstractmethod
+    def export(self, job: ExportJob) -> Artifact:
+        """Write ``job.out_dir/model<suffix>`` and ``metadata.json`` atomically.
+
+        Raises:
+            MissingDependency: the backend is not installed.
+            ExportError: conversion failed; nothing is left in ``job.out_dir``.
+        """
+
+    def runnable(self) -> tuple[bool, str]:
+        """Whether artifacts of this target can run on this host (Core ML: macOS only)."""
+        return self.available()
+
+    @abc.abstractmethod
+    def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
+        """Load an exported artifact folder into a Runner with ``threads`` threads."""
+
+    def inspect(self, artifact_dir: Path) -> dict[str, Any]:
+        """Structural facts about an artifact that need no execution: op counts,
+        delegated vs fallback nodes, input/output specs. Used for every artifact and
+        the only check possible for those that cannot run here."""
+        return {}
+
+
+class CallableRunner(Runner):
+    """Wraps a plain function as a Runner."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
+        self.fn = fn
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.fn(x)
