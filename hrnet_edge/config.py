@@ -147,6 +147,13 @@ def apply_overrides(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
     and the model's input size. A key that neither level knows raises ConfigError.
     """
     bb_fields = {f.name for f in dataclasses.fields(BackboneConfig)}
+    top_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(k for k in overrides if k not in bb_fields | top_fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown override key(s) {unknown}; valid model keys: {', '.join(sorted(top_fields))}; "
+            f"valid backbone keys: {', '.join(sorted(bb_fields))}"
+        )
     bb = {k: v for k, v in overrides.items() if k in bb_fields}
     top = {k: v for k, v in overrides.items() if k not in bb_fields}
     if isinstance(top.get("backbone"), dict):

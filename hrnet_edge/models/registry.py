@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,12 +84,36 @@ def model_stats(name: str, **overrides: Any) -> dict[str, Any]:
     with torch.device("meta"):
         model = create_model(name, **overrides)
     cfg = model.cfg
+    params, macs = count_params(model), count_macs(model)
     return {
         "name": cfg.name,
         "task": cfg.task,
-        "params_m": count_params(model) / 1e6,
-        "gflops": count_macs(model) / GFLOP,
+        "params": params,
+        "macs": macs,
+        "params_m": params / 1e6,
+        "gflops": macs / GFLOP,
         "input_size": cfg.input_size,
         "published_params_m": cfg.published_params_m,
         "published_gflops": cfg.published_gflops,
     }
+
+
+TABLE_PATH = Path(__file__).with_name("model_table.json")
+
+
+def recorded_stats() -> dict[str, dict[str, Any]]:
+    """The params and multiply-adds recorded for every variant (read, not computed).
+
+    ``tests/test_model_table.py`` recomputes every row, so the record cannot drift
+    from the code; ``hrnet-edge models --recompute`` rewrites it after a change.
+    """
+    return json.loads(TABLE_PATH.read_text())
+
+
+def compute_table() -> dict[str, dict[str, Any]]:
+    """Recompute params and MACs of every registered variant (on the meta device)."""
+    table = {}
+    for name in list_models():
+        s = model_stats(name)
+        table[name] = {"params": s["params"], "macs": s["macs"], "input_size": list(s["input_size"])}
+    return table

@@ -1,0 +1,94 @@
+"""Builds each target's ExportJob from a run directory.
+
+The pipeline, not the targets, decides what each target starts from: float targets
+get the best FP32 checkpoint; INT8 targets get the NNCF QAT model (OpenVINO, ONNX)
+or its fine-tuned float weights to re-quantize with their own quantizer (TFLite,
+ExecuTorch); TFLite gets an ONNX file handed over. Models and images are loaded once.
+"""
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+from pathlib import Path
+
+from hrnet_edge.errors import RunDirError
+from hrnet_edge.runconfig import RunConfig
+from hrnet_edge.runs import RunDir
+from converters.base import ExportJob
+
+
+class JobFactory:
+    """Lazily loads what the run's exports need and hands out ExportJobs."""
+
+    def __init__(self, run: RunDir, cfg: RunConfig):
+        self.run, self.cfg = run, cfg
+
+    @cached_property
+    def _trained(self):
+        from hrnet_edge.training.loop import load_trained
+
+        return load_trained(self.run, self.cfg)
+
+    @property
+    def model(self):
+        return self._trained[0]
+
+    @cached_property
+    def calibration(self):
+        from hrnet_edge.training import pose_task
+
+        train_ds = pose_task.build_dataset(pose_task.data_root(self.run, self.cfg), self.cfg.data.train_split,
+                                           self.cfg, train=False)
+        return pose_task.calibration_images(train_ds, self.cfg.export.calibration_images, seed=self.cfg.data.seed)
+
+    def example_input(self):
+        import torch
+
+        return torch.from_numpy(self.calibration[:1].copy())
+
+    @cached_property
+    def qat_model(self):
+        if not (self.run.qat_dir / "metrics.json").is_file():
+            raise RunDirError(f"no QAT model in {self.run.qat_dir}: run 'hrnet-edge qat --run {self.run.root}'")
+        from quantization import load_qat
+
+        return load_qat(copy.deepcopy(self.model), self.run.qat_dir, self.example_input()).eval()
+
+    @cached_property
+    def qat_float_model(self):
+        from quantization import strip_to_float
+
+        return strip_to_float(self.qat_model, self.example_input()).eval()
+
+    @cached_property
+    def base_metadata(self) -> dict:
+        from converters.metadata import base_metadata
+        from hrnet_edge.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
+
+        info = {"keypoint_names": list(KEYPOINT_NAMES), "skeleton": [list(p) for p in SKELETON],
+                "flip_pairs": [list(p) for p in FLIP_PAIRS]}
+        return base_metadata(self.model, info, self._trained[1])
+
+    def onnx_for(self, source: str) -> Path:
+        """An opset-17 ONNX of the float (``fp32``) or QAT-fine-tuned float (``qat``) model."""
+        from converters.onnx import export_onnx
+
+        path = self.run.root / "intermediate" / f"{source}.onnx"
+        if not path.is_file():
+            model = self.qat_float_model if source == "qat" else self.model
+            export_onnx(model, path, self.model.cfg.input_size)
+        return path
+
+    def job(self, target: str, precision: str, out_dir: Path) -> ExportJob:
+        """The ExportJob for one (target, precision)."""
+        int8 = precision == "int8"
+        meta = dict(self.base_metadata)
+        meta["source_model"] = "qat" if int8 else "fp32"
+        job = ExportJob(model=self.model, precision=precision, out_dir=out_dir, metadata=meta,
+                        calibration=self.calibration)
+        if int8:
+            job.qat_model = self.qat_model
+            job.qat_float_model = self.qat_float_model
+        if target == "tflite":
+            job.onnx_path = self.onnx_for("qat" if int8 else "fp32")
+        return job

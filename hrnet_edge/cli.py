@@ -1,0 +1,151 @@
+"""The ``hrnet-edge`` command line: parses arguments and calls library functions.
+
+Every user mistake surfaces as an :class:`~hrnet_edge.errors.HRNetEdgeError`, which
+is printed as one line on stderr with exit code 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from hrnet_edge.errors import HRNetEdgeError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    """Register a subcommand handler."""
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _fmt_published(value, unit=""):
+    return "-" if value is None else f"{value:g}{unit}"
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from hrnet_edge.config import get_config
+    from hrnet_edge.models.registry import GFLOP, compute_table, list_models, recorded_stats
+
+    names = list_models(args.pattern, task=args.task)
+    if not names:
+        raise HRNetEdgeError(f"no model matches pattern {args.pattern!r} (task={args.task}); try '*'")
+    if args.recompute:
+        from hrnet_edge.io import write_json
+        from hrnet_edge.models.registry import TABLE_PATH
+
+        table = compute_table()
+        write_json(TABLE_PATH, table)
+        print(f"recomputed {len(table)} rows into {TABLE_PATH}", file=sys.stderr)
+    stats = recorded_stats()
+    rows = []
+    for n in names:
+        cfg, s = get_config(n), stats[n]
+        rows.append({
+            "name": n, "task": cfg.task, "params_m": s["params"] / 1e6, "gflops": s["macs"] / GFLOP,
+            "input": "x".join(map(str, cfg.input_size)),
+            "paper": f"{_fmt_published(cfg.published_params_m, 'M')} / {_fmt_published(cfg.published_gflops)}",
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':26} {'task':4} {'params':>9} {'GFLOPs':>8} {'input':>9}  paper (params / GFLOPs)")
+    for r in rows:
+        print(f"{r['name']:26} {r['task']:4} {r['params_m']:8.2f}M {r['gflops']:8.2f} {r['input']:>9}  {r['paper']}")
+    print("GFLOPs = multiply-adds / 1024^3 at the input shown, the HRNet papers' convention.")
+    return 0
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from hrnet_edge.config import get_config
+    from hrnet_edge.models.registry import GFLOP, model_stats
+
+    overrides = _parse_overrides(args.set)
+    cfg = get_config(args.name, **overrides)
+    stats = model_stats(args.name, **overrides)
+    shape_out = _output_shape(cfg)
+    info = {
+        "config": cfg.to_dict(),
+        "branch_channels": list(cfg.backbone.branch_channels),
+        "params": stats["params"],
+        "gflops": round(stats["macs"] / GFLOP, 4),
+        "input": {"shape": [1, 3, *cfg.input_size], "layout": "NCHW", "dtype": "float32",
+                  "range": "RGB 0..1" if cfg.normalize_in_graph else "normalized"},
+        "output_shape": shape_out,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _output_shape(cfg) -> list[int]:
+    h, w = cfg.input_size
+    if cfg.task in ("pose", "seg"):
+        return [1, cfg.num_outputs, h // 4, w // 4]
+    if cfg.task == "det":
+        points = sum((h // (4 * 2**i)) * (w // (4 * 2**i)) for i in range(cfg.det_levels))
+        return [1, points, 5 + cfg.num_outputs]
+    return [1, cfg.num_outputs]
+
+
+def _parse_overrides(items: Sequence[str] | None) -> dict:
+    """Parse ``key=value`` overrides; values are JSON when they parse as JSON."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise HRNetEdgeError(f"override {item!r} must look like key=value (e.g. width=8)")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="hrnet-edge",
+        description="HRNet from training to checked on-device artifacts.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    m = sub.add_parser("models", help="list the model variants with params and GFLOPs")
+    m.add_argument("pattern", nargs="?", default="*", help="glob on the name, e.g. '*w18*'")
+    m.add_argument("--task", choices=["pose", "seg", "det", "cls"])
+    m.add_argument("--json", action="store_true", help="print JSON rows")
+    m.add_argument("--recompute", action="store_true", help="recount every variant and rewrite the table")
+
+    i = sub.add_parser("info", help="show one variant's configuration and shapes")
+    i.add_argument("name")
+    i.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. width=8")
+
+    from hrnet_edge import pipeline_cli  # the run-directory stages
+
+    pipeline_cli.add_parsers(sub, command)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HRNetEdgeError as exc:
+        print(f"hrnet-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hrnet-edge {args.command}: interrupted; completed stages are kept, re-run to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Subcommands that work on a run directory: train, qat, export, check, report, pipeline.
+
+Each reads what the previous stage wrote, so any stage can be re-run alone:
+``hrnet-edge export --run runs/default --force`` re-exports without retraining.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+DEFAULT_RUN = "runs/default"
+
+
+def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})")
+    if config:
+        p.add_argument("--config", help="run configuration, .json or .toml (default: built-in)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_parsers(sub, command) -> None:
+    """Add the run-directory subcommands to ``sub``; ``command`` registers handlers."""
+    p = sub.add_parser("train", help="train the run's model in FP32 (resumes if interrupted)")
+    _run_args(p, config=True)
+    p = sub.add_parser("qat", help="NNCF INT8 init + quantization-aware fine-tuning")
+    _run_args(p)
+    p.add_argument("--force", action="store_true", help="redo QAT even if the run has it")
+    p = sub.add_parser("export", help="export to every target and precision")
+    _run_args(p)
+    p.add_argument("--targets", nargs="+", help="subset of targets (default: the run config's)")
+    p.add_argument("--force", action="store_true", help="re-export existing artifacts")
+    p = sub.add_parser("check", help="check artifacts against PyTorch; write report.json/.md")
+    _run_args(p)
+    p.add_argument("--force", action="store_true", help="re-check artifacts already checked")
+    p = sub.add_parser("report", help="re-render report.md and pareto.png from the checks")
+    _run_args(p)
+    p = sub.add_parser("pipeline", help="train -> qat -> export -> check -> report, in one run directory")
+    _run_args(p, config=True)
+    p.add_argument("--force", action="store_true", help="redo QAT, exports and checks")
+    for name, fn in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export),
+                     ("check", cmd_check), ("report", cmd_report), ("pipeline", cmd_pipeline)):
+        command(name)(fn)
+
+
+def _init(args, allow_new: bool):
+    from hrnet_edge.runconfig import load_run_config
+    from hrnet_edge.runs import init_run, open_run
+
+    root = Path(args.run)
+    if allow_new and (getattr(args, "config", None) or not (root / "config.json").is_file()):
+        cfg = load_run_config(args.config)
+        run = init_run(root, cfg)
+        return run, cfg
+    return open_run(root)
+
+
+def _threads(cfg) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, cfg.check.threads))
+
+
+def cmd_train(args) -> int:
+    from hrnet_edge.stages import stage_train
+
+    run, cfg = _init(args, allow_new=True)
+    _threads(cfg)
+    state = stage_train(run, cfg, progress=not args.no_progress)
+    print(f"[train] best AP {state['best']:.4f}; checkpoints in {run.checkpoints}")
+    return 0
+
+
+def cmd_qat(args) -> int:
+    from hrnet_edge.stages import stage_qat
+
+    run, cfg = _init(args, allow_new=False)
+    _threads(cfg)
+    if (run.qat_dir / "metrics.json").is_file() and not args.force:
+        print(f"[qat] {run.qat_dir} exists; --force to redo")
+        return 0
+    stage_qat(run, cfg, progress=not args.no_progress)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from hrnet_edge.stages import stage_export
+
+    run, cfg = _init(args, allow_new=False)
+    if args.targets:
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, targets=tuple(args.targets)))
+    _threads(cfg)
+    rows = stage_export(run, cfg, force=args.force)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"[export] {sum(r['status'] == 'exported' for r in rows)} exported, "
+          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {len(failed)} failed -> {run.exports}")
+    return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from converters.report import build_report, failed_rows
+    from hrnet_edge.stages import stage_check
+
+    run, cfg = _init(args, allow_new=False)
+    rows = stage_check(run, cfg, force=args.force)
+    report = build_report(run, rows)
+    bad = failed_rows(report)
+    print(f"[check] report: {run.report_md} ({len(bad)} failed)")
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from converters.report import build_report
+    from hrnet_edge.io import read_json
+
+    run, _cfg = _init(args, allow_new=False)
+    rows = [read_json(p) for p in sorted(run.checks.glob("*.json"))]
+    build_report(run, rows)
+    print(run.report_md.read_text())
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    """Every stage in order into one run directory; completed stages are reused."""
+    t0 = time.time()
+    run, cfg = _init(args, allow_new=True)
+    print(f"[pipeline] run directory {run.root}, model {cfg.model} {dict(cfg.model_overrides)}")
+    ns = argparse.Namespace(run=str(run.root), no_progress=args.no_progress, force=args.force,
+                            targets=None, config=None)
+    cmd_train(ns)
+    cmd_qat(ns)
+    cmd_export(ns)
+    rc = cmd_check(ns)
+    print(f"[pipeline] done in {time.time() - t0:.0f} s; report: {run.report_md} (and report.json, pareto.png)")
+    return rc

@@ -1,0 +1,166 @@
+"""The pipeline's stages, each reading what the previous one wrote in the run directory.
+
+train -> qat -> export -> check -> report. Any stage can be re-run alone; export and
+check skip what already exists unless ``force`` is given.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hrnet_edge.errors import ExportError, HRNetEdgeError, MissingDependency, RunDirError
+from hrnet_edge.io import read_json, write_json
+from hrnet_edge.runconfig import RunConfig
+from hrnet_edge.runs import RunDir
+
+Log = Callable[[str], None]
+
+
+def stage_train(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = print) -> dict:
+    """FP32 training (resumes from the last checkpoint)."""
+    from hrnet_edge.training.loop import train
+
+    return train(run, cfg, progress=progress, log=log)
+
+
+def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = print) -> dict:
+    """NNCF INT8 initialisation from training images, QAT fine-tuning, evaluation."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hrnet_edge.training import pose_task
+    from hrnet_edge.training.loop import load_trained
+    from hrnet_edge.training.losses import heatmap_mse
+    from quantization import finetune, quantize_model, save_qat
+
+    torch.manual_seed(cfg.train.seed)
+    model, sha = load_trained(run, cfg)
+    train_ds, val_ds = pose_task.datasets(run, cfg)
+    calib = pose_task.calibration_images(train_ds, cfg.qat.calibration_images, seed=cfg.data.seed)
+    t0 = time.time()
+    fp32 = pose_task.evaluate_model(model, val_ds)
+    qm = quantize_model(model, calib)
+    ptq = pose_task.evaluate_model(qm, val_ds)
+    log(f"[qat] FP32 AP {fp32['AP']:.4f}; INT8 after NNCF init (PTQ) AP {ptq['AP']:.4f}")
+    history = []
+    if cfg.qat.epochs > 0:
+        loader = DataLoader(train_ds, batch_size=cfg.qat.batch_size, shuffle=True, drop_last=True,
+                            num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.train.seed))
+        losses = finetune(qm, loader, lambda out, batch: heatmap_mse(out, batch[1], batch[2]),
+                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress)
+        history = [{"epoch": i + 1, "train_loss": float(v)} for i, v in enumerate(losses)]
+    qat = pose_task.evaluate_model(qm, val_ds)
+    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) AP {qat['AP']:.4f}")
+    save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
+    result = {"fp32": fp32, "ptq": ptq, "qat": qat, "history": history, "source_checkpoint_sha256": sha,
+              "calibration_images": int(len(calib)), "seconds": round(time.time() - t0, 1)}
+    write_json(run.qat_dir / "metrics.json", result)
+    return result
+
+
+def planned_exports(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(target, precision) pairs this run exports, in order (ONNX first: TFLite needs it)."""
+    from converters.registry import TARGETS, get_target
+
+    pairs = []
+    for name in sorted(cfg.export.targets, key=lambda n: list(TARGETS).index(n) if n in TARGETS else 99):
+        for p in get_target(name).precisions:
+            if not cfg.export.precisions or p in cfg.export.precisions:
+                pairs.append((name, p))
+    return pairs
+
+
+def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
+    """Export every planned (target, precision); a missing backend or a failure becomes a
+    row with its reason, never a crash. Returns one row per pair."""
+    from converters.export_jobs import JobFactory
+
+    factory = JobFactory(run, cfg)
+    rows = []
+    for target_name, precision in planned_exports(cfg):
+        rows.append(_export_one(factory, target_name, precision, force, log))
+    write_json(run.exports / "index.json", rows)
+    return rows
+
+
+def _export_one(factory, target_name: str, precision: str, force: bool, log: Log) -> dict:
+    from converters.registry import get_target
+
+    target = get_target(target_name)
+    out_dir = factory.run.export_dir(target_name, precision)
+    row: dict[str, Any] = {"target": target_name, "precision": precision}
+    ok, reason = target.available()
+    if not ok:
+        log(f"[export] {target_name}-{precision}: skipped ({reason})")
+        return {**row, "status": "skipped", "reason": reason}
+    if (out_dir / "metadata.json").is_file() and not force:
+        return {**row, "status": "exported", "reason": "kept (exists)", "seconds": 0.0}
+    t0 = time.time()
+    try:
+        job = factory.job(target_name, precision, out_dir)
+        target.export(job)
+    except (ExportError, MissingDependency, RunDirError) as exc:
+        log(f"[export] {target_name}-{precision}: {type(exc).__name__}: {exc}")
+        return {**row, "status": "skipped" if isinstance(exc, (MissingDependency, RunDirError)) else "failed",
+                "reason": str(exc)}
+    secs = round(time.time() - t0, 1)
+    log(f"[export] {target_name}-{precision}: {out_dir} ({secs}s)")
+    return {**row, "status": "exported", "reason": "", "seconds": secs}
+
+
+def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
+    """Check every exported artifact (and the PyTorch references) in its own process."""
+    pairs = [("pytorch", "fp32")]
+    if (run.qat_dir / "metrics.json").is_file():
+        pairs.append(("pytorch", "int8"))
+    index = run.exports / "index.json"
+    export_rows = read_json(index) if index.is_file() else []
+    rows = []
+    for er in export_rows:
+        if er["status"] != "exported":
+            rows.append({**er, "status": er["status"], "reason": er.get("reason", "")})
+            continue
+        pairs.append((er["target"], er["precision"]))
+    for target, precision in pairs:
+        rows.append(_check_one(run, target, precision, force, log))
+    return rows
+
+
+def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) -> dict:
+    path = run.check_path(target, precision)
+    if path.is_file() and not force:
+        row = read_json(path)
+        if row.get("status") != "error":
+            return row
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "converters.check", str(run.root), target, precision],
+                          capture_output=True, text=True)
+    if path.is_file():
+        row = read_json(path)
+    else:  # the process died before writing (e.g. a runtime crashed)
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        row = {"target": target, "precision": precision, "status": "error",
+               "reason": f"check process exited with {proc.returncode}: {' | '.join(tail)}"}
+        write_json(path, row)
+    if row.get("status") == "error" and proc.returncode != 0 and "traceback" not in row:
+        row["traceback_tail"] = (proc.stderr or "").strip().splitlines()[-6:]
+        write_json(path, row)
+    log(_summary(row, time.time() - t0))
+    return row
+
+
+def _summary(row: dict, secs: float) -> str:
+    name = f"{row['target']}-{row['precision']}"
+    ap = row.get("metric", {}).get("AP")
+    lat = row.get("latency", {}).get("p50_ms")
+    bits = [f"[check] {name}: {row['status']}"]
+    if ap is not None:
+        bits.append(f"AP {ap:.4f}")
+    if lat is not None:
+        bits.append(f"p50 {lat:.2f} ms")
+    if row.get("reason"):
+        bits.append(f"({row['reason']})")
+    return " ".join(bits) + f" [{secs:.0f}s]"

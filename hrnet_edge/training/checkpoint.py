@@ -1,0 +1,99 @@
+"""Checkpoints as safetensors + a small JSON of training state. No pickle anywhere.
+
+``<stem>.safetensors`` holds the model's state dict and, for resumable checkpoints,
+the optimizer's tensors under ``optim/<param index>/<key>``; ``<stem>.json`` holds the
+epoch, metrics, optimizer hyper-parameters and RNG seeds. Both are written atomically,
+the JSON last, so a checkpoint whose JSON exists is whole.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrnet_edge.errors import CheckpointError
+from hrnet_edge.io import atomic_path, sha256_file, write_json
+
+OPTIM_PREFIX = "optim/"
+
+
+def save_checkpoint(path: Path, model: nn.Module, state: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta_state = dict(state)
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        for idx, pstate in opt["state"].items():
+            for key, value in pstate.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"{OPTIM_PREFIX}{idx}/{key}"] = t.detach().contiguous().cpu()
+        meta_state["optimizer_param_groups"] = opt["param_groups"]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "hrnet-edge"})
+    meta_state["sha256"] = sha256_file(path)
+    write_json(path.with_suffix(".json"), meta_state)
+    return path
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {side.name} is missing")
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint sidecar {side} is corrupt: {exc}") from exc
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a clear error when it is unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
+
+
+def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Load model weights from ``path`` strictly; return the sidecar state."""
+    tensors = load_tensors(path)
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {len(missing)} missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+            f"{len(wrong)} with another shape {wrong[:3]} (was it trained with another variant?)"
+        )
+    model.load_state_dict(weights)
+    return read_state(path) if Path(path).with_suffix(".json").is_file() else {}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, state: dict[str, Any]) -> None:
+    """Restore optimizer tensors and hyper-parameters saved by :func:`save_checkpoint`."""
+    tensors = load_tensors(path)
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(OPTIM_PREFIX):
+            idx, name = key[len(OPTIM_PREFIX):].split("/", 1)
+            per_param.setdefault(int(idx), {})[name] = value
+    groups = state.get("optimizer_param_groups")
+    if groups is None:
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state to resume from")
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})

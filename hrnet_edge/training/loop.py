@@ -1,0 +1,133 @@
+"""The FP32 training loop: seeded, resumable, with progress and per-epoch metrics."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from hrnet_edge.io import write_text
+from hrnet_edge.models import create_model
+from hrnet_edge.runconfig import RunConfig
+from hrnet_edge.runs import RunDir
+from hrnet_edge.training.checkpoint import (
+    load_model_weights, load_optimizer_state, read_state, save_checkpoint,
+)
+from hrnet_edge.training.losses import heatmap_mse
+from hrnet_edge.training import pose_task
+
+METRIC = "AP"  # the value that picks the best checkpoint
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up, then cosine decay to 1% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int) -> DataLoader:
+    g = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
+    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=shuffle, drop_last=shuffle,
+                      num_workers=cfg.data.workers, generator=g,
+                      worker_init_fn=_seed_worker, persistent_workers=False)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict[str, Any]:
+    """Train the run's model in FP32, resuming from ``checkpoints/last`` if present.
+
+    Returns the final state (epoch, best metric, history).
+    """
+    torch.manual_seed(cfg.train.seed)
+    train_ds, val_ds = pose_task.datasets(run, cfg, progress)
+    model = create_model(cfg.model, **cfg.model_overrides)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0}
+    last = run.checkpoints / "last.safetensors"
+    if last.is_file() and last.with_suffix(".json").is_file():
+        state = load_model_weights(model, last)
+        load_optimizer_state(opt, last, state)
+        state = {k: state[k] for k in ("epoch", "best", "history", "step")}
+        log(f"[train] resuming from epoch {state['epoch']} (best {METRIC} {state['best']:.4f})")
+    steps_per_epoch = len(train_ds) // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        from hrnet_edge.errors import ConfigError
+
+        raise ConfigError(f"batch_size {cfg.train.batch_size} exceeds the {len(train_ds)} training instances")
+    total = steps_per_epoch * cfg.train.epochs
+    warmup = steps_per_epoch * cfg.train.warmup_epochs
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        t0 = time.time()
+        loss = _train_epoch(model, opt, _loader(train_ds, cfg, True, epoch), state, total, warmup,
+                            cfg, progress, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss}
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            row.update(pose_task.evaluate_model(model, val_ds, batch_size=64))
+        row["seconds"] = round(time.time() - t0, 1)
+        state["epoch"] = epoch + 1
+        state["history"].append(row)
+        is_best = row.get(METRIC, -1.0) > state["best"]
+        if is_best:
+            state["best"] = row[METRIC]
+            best_state = {k: v for k, v in state.items() if k in ("epoch", "best", "step")}
+            save_checkpoint(run.checkpoints / "best.safetensors", model, {**best_state, "metrics": row})
+        save_checkpoint(last, model, state, opt)  # written after best: resume never loses best
+        write_metrics_csv(run.metrics_csv, state["history"])
+        log(_fmt_row(row) + ("  *best*" if is_best else ""))
+    return state
+
+
+def _train_epoch(model, opt, loader, state, total, warmup, cfg, progress, desc) -> float:
+    from tqdm import tqdm
+
+    model.train()
+    losses = []
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for images, target, weight, _meta in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(state["step"], total, warmup, cfg.train.lr)
+        loss = heatmap_mse(model(images), target, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.2e}")
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _fmt_row(row: dict) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    return "[train] " + " ".join(parts)
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    """Rewrite metrics.csv (atomically) from the full history."""
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    write_text(path, buf.getvalue())
+
+
+def load_trained(run: RunDir, cfg: RunConfig, which: str = "best"):
+    """The run's trained float model (eval mode) and its checkpoint's sha256."""
+    model = create_model(cfg.model, **cfg.model_overrides)
+    path = run.best_checkpoint() if which == "best" else run.checkpoints / f"{which}.safetensors"
+    state = load_model_weights(model, path)
+    return model.eval(), state.get("sha256") or read_state(path).get("sha256")

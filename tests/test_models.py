@@ -1,0 +1,123 @@
+"""The HRNet family: registry, shapes, gradients, overrides, torch.export."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hrnet_edge import create_model, get_config, list_models
+from hrnet_edge.config import EDGE_WIDTHS, PUBLISHED_WIDTHS, TASKS, WIDTHS
+from hrnet_edge.errors import ConfigError
+from hrnet_edge.models.backbone import ExchangeModule
+
+
+def expected_shape(cfg, h, w, batch=2):
+    if cfg.task in ("pose", "seg"):
+        return (batch, cfg.num_outputs, h // 4, w // 4)
+    if cfg.task == "det":
+        points = sum((h // (4 * 2**i)) * (w // (4 * 2**i)) for i in range(cfg.det_levels))
+        return (batch, points, 5 + cfg.num_outputs)
+    return (batch, cfg.num_outputs)
+
+
+def test_registry_has_every_width_and_head():
+    names = set(list_models())
+    assert len(names) == len(WIDTHS) * len(TASKS)
+    for width in (*PUBLISHED_WIDTHS, *EDGE_WIDTHS):
+        for task in TASKS:
+            assert f"hrnet_{width}_{task}" in names
+    assert list_models("*w18_small*", task="seg") == ["hrnet_w18_small_v1_seg", "hrnet_w18_small_v2_seg"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_name_builds(name):
+    with torch.device("meta"):  # full widths without allocating their weights
+        model = create_model(name)
+    assert model.cfg.name == name
+    chans = model.cfg.backbone.branch_channels
+    assert chans == tuple(model.cfg.backbone.width * 2**i for i in range(4))
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("size", [(64, 64), (128, 96), (96, 160)])
+def test_head_shapes_tiny(task, size):
+    model = create_model(f"hrnet_w8_{task}", input_size=size, num_outputs=5).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, *size))
+    assert tuple(out.shape) == expected_shape(model.cfg, *size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gradients_reach_every_branch(task):
+    model = create_model(f"hrnet_w8_{task}", input_size=(64, 64), num_outputs=3)
+    model.train()
+    out = model(torch.rand(2, 3, 64, 64))
+    out.float().pow(2).mean().backward()
+    # every parameter that takes part in the forward pass gets a gradient
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    # each branch of the last exchange module carries a nonzero gradient
+    last = [m for m in model.modules() if isinstance(m, ExchangeModule)][-1]
+    for i, branch in enumerate(last.branches):
+        g = sum(p.grad.abs().sum() for p in branch.parameters())
+        assert g > 0, f"branch {i} gets no gradient"
+
+
+def test_pose_uses_only_high_resolution_output():
+    model = create_model("hrnet_w8_pose")
+    last = [m for m in model.modules() if isinstance(m, ExchangeModule)][-1]
+    assert len(last.fuse) == 1  # V1: the last fusion builds only the high-res output
+    seg = create_model("hrnet_w8_seg")
+    last = [m for m in seg.modules() if isinstance(m, ExchangeModule)][-1]
+    assert len(last.fuse) == 4  # V2: all four streams
+
+
+def test_overrides_replace_and_do_not_leak():
+    base = get_config("hrnet_w8_pose")
+    cfg = get_config("hrnet_w8_pose", width=12, input_size=(128, 96), upsample_mode="bilinear")
+    assert cfg.backbone.width == 12 and cfg.input_size == (128, 96)
+    assert cfg.backbone.upsample_mode == "bilinear"
+    assert get_config("hrnet_w8_pose") == base  # the shared table is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.task = "seg"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"widht": 8}, "widht"),
+    ({"upsample_mode": "cubic"}, "nearest"),
+    ({"input_size": (100, 96)}, "multiples of 32"),
+    ({"task": "depth"}, "pose"),
+    ({"stage_blocks": (1, 2)}, "3 entries"),
+])
+def test_bad_overrides_raise_config_error(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        create_model("hrnet_w8_pose", **overrides)
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(ConfigError, match="hrnet_w8_pose"):
+        create_model("hrnet_w8_pse")
+
+
+def test_upsample_mode_reaches_the_graph():
+    nearest = create_model("hrnet_w8_pose", input_size=(64, 64)).eval()
+    bilinear = create_model("hrnet_w8_pose", input_size=(64, 64), upsample_mode="bilinear").eval()
+    bilinear.load_state_dict(nearest.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(nearest(x), bilinear(x))
+    modes = {m.mode for m in bilinear.modules() if type(m).__name__ == "Upsample"}
+    assert modes == {"bilinear"}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_export_every_variant(name):
+    # The graph's structure does not depend on the input size, so a small input keeps
+    # this fast while every variant's real layers are traced.
+    model = create_model(name, input_size=(64, 64)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x))
