@@ -1,0 +1,106 @@
+"""Run configuration, run directory, checkpoints and atomic writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hrnet_edge import create_model
+from hrnet_edge.errors import CheckpointError, ConfigError, RunDirError
+from hrnet_edge.io import atomic_path, write_json
+from hrnet_edge.runconfig import load_run_config, run_config_from_dict
+from hrnet_edge.runs import init_run, open_run
+from hrnet_edge.training.checkpoint import (
+    load_model_weights, load_optimizer_state, read_state, save_checkpoint,
+)
+
+
+def test_default_config_round_trips(tmp_path):
+    cfg = load_run_config(None)
+    assert cfg.model_config().task == "pose"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert load_run_config(path) == cfg
+
+
+def test_toml_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('model = "hrnet_w16_pose"\n[train]\nepochs = 3\n[model_overrides]\ninput_size = [64, 64]\n')
+    cfg = load_run_config(path)
+    assert cfg.train.epochs == 3 and cfg.model_config().input_size == (64, 64)
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"trian": {}}, "trian"),
+    ({"train": {"epoch": 3}}, "epoch"),
+    ({"model": "hrnet_w8_psoe"}, "hrnet_w8_pose"),
+    ({"model_overrides": {"widht": 4}}, "widht"),
+])
+def test_bad_config_keys(data, match):
+    with pytest.raises(ConfigError, match=match):
+        run_config_from_dict(data)
+
+
+def test_missing_and_unparsable_config(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_run_config(bad)
+
+
+def test_run_dir_refuses_a_different_config(tmp_path):
+    cfg = load_run_config(None)
+    run = init_run(tmp_path / "r", cfg)
+    assert open_run(run.root)[1] == cfg
+    other = run_config_from_dict({"train": {"epochs": 1}})
+    with pytest.raises(RunDirError, match="different configuration"):
+        init_run(run.root, other)
+    with pytest.raises(RunDirError, match="train"):
+        run.best_checkpoint()
+
+
+def test_checkpoint_round_trip_with_optimizer(tmp_path):
+    model = create_model("hrnet_w8_pose", input_size=(64, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "last.safetensors", model, {"epoch": 3, "best": 0.5}, opt)
+    other = create_model("hrnet_w8_pose", input_size=(64, 64))
+    state = load_model_weights(other, path)
+    assert state["epoch"] == 3 and len(state["sha256"]) == 64
+    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), k
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    load_optimizer_state(opt2, path, state)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert torch.equal(s1[0]["exp_avg"], s2[0]["exp_avg"])
+
+
+def test_checkpoint_errors(tmp_path):
+    model = create_model("hrnet_w8_pose", input_size=(64, 64))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model_weights(model, tmp_path / "none.safetensors")
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_model_weights(model, corrupt)
+    path = save_checkpoint(tmp_path / "w16.safetensors", create_model("hrnet_w16_pose"), {})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model_weights(model, path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        read_state(path)
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
