@@ -108,8 +108,11 @@ def _train_epoch(model, opt, loader, state, total, warmup, cfg, progress, desc) 
     return float(np.mean(losses)) if losses else float("nan")
 
 
+SHOWN = ("epoch", "lr", "train_loss", "AP", "AP50", "PCK@0.05", "PCK@0.1", "seconds")
+
+
 def _fmt_row(row: dict) -> str:
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    parts = [f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in SHOWN if k in row]
     return "[train] " + " ".join(parts)
 
 
