@@ -16,5 +16,10 @@ fi
 # torch first and exactly pinned: pip takes the CPU build that lies on this disk.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+# NNCF compiles its C++ fake-quantize kernels on first use (about 3 minutes on 2 cores,
+# longer than NNCF's own 60 s load timeout): build them once here.
+echo "[setup] building NNCF's CPU extension (once)"
+NNCF_EXTENSION_LOAD_TIMEOUT=1200 .venv/bin/python -c \
+    "import nncf.torch; nncf.torch.force_build_cpu_extensions()"
 echo "$want" > "$stamp"
 echo "[setup] installed into .venv"
