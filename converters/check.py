@@ -91,7 +91,10 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
     row["reference"] = source
     evaluation = ctx.evaluate(runner, batch_size=ctx.batch_size_for(target))
     row["metric"] = evaluation.metrics
-    if target != "pytorch":
+    if target == "pytorch":
+        ctx.save_reference(precision, evaluation)
+        row.update(status="reference", reason="")
+    else:
         ref_eval = ctx.reference_eval(source)
         row["parity"] = parity_stats(ref_eval.heatmaps, evaluation.heatmaps)
         row["parity"]["keypoint_agreement"] = ctx.agreement(ref_eval, evaluation)
@@ -101,8 +104,6 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         broken = failures(precision, row["parity"], row["ap_drop"])
         row["status"] = "failed" if broken else "passed"
         row["reason"] = "; ".join(broken)
-    else:
-        row.update(status="reference", reason="")
     row["latency"] = measure_latency(runner, ctx.latency_input(), cfg.check.warmup, cfg.check.iterations)
     row["latency"]["threads"] = cfg.check.threads
     row["rss_before_load_mb"] = rss_before

@@ -1,19 +1,28 @@
 """What a check compares an artifact against: the run's PyTorch models and data.
 
-Loaded once per check process: the float model (best checkpoint), the NNCF QAT model
-when the run has one, the validation split, and each reference's evaluation (computed
-on first use and cached).
+The PyTorch references are checked first (``pytorch-fp32``, ``pytorch-int8`` = the NNCF
+QAT model); their raw outputs and decoded keypoints on the validation split are saved
+as ``checks/pytorch-<precision>.npz``, so each artifact's check process loads them
+instead of re-running PyTorch.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from hrnet_edge.io import size_bytes
+from hrnet_edge.errors import RunDirError
+from hrnet_edge.io import atomic_path, read_json, size_bytes
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
+
+# which saved PyTorch reference an artifact built from a given source is compared with
+REFERENCE_OF_SOURCE = {"fp32": "fp32", "qat": "int8"}
 
 
 @dataclass
@@ -21,31 +30,21 @@ class CheckContext:
     run: RunDir
     cfg: RunConfig
     val_ds: Any
-    float_model: Any
-    _qat_model: Any = None
-    _evals: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
+    def float_model(self):
+        from hrnet_edge.training.loop import load_trained
+
+        return load_trained(self.run, self.cfg)[0]
+
+    @cached_property
     def qat_model(self):
-        if self._qat_model is None:
-            from quantization import load_qat
-
-            self._qat_model = load_qat(self.float_model_copy(), self.run.qat_dir,
-                                       self.example_input()).eval()
-        return self._qat_model
-
-    def float_model_copy(self):
-        import copy
-
-        return copy.deepcopy(self.float_model)
-
-    def example_input(self):
         import torch
 
-        return torch.from_numpy(self.latency_input())
+        from quantization import load_qat
 
-    def model_for(self, source: str):
-        return self.qat_model if source == "qat" else self.float_model
+        example = torch.from_numpy(self.latency_input())
+        return load_qat(copy.deepcopy(self.float_model), self.run.qat_dir, example).eval()
 
     def evaluate(self, runner, batch_size: int):
         from hrnet_edge.evaluation.pose import evaluate_pose
@@ -53,12 +52,27 @@ class CheckContext:
         return evaluate_pose(runner, self.val_ds, batch_size=batch_size, keep_heatmaps=True,
                              max_images=self.cfg.check.eval_images)
 
-    def reference_eval(self, source: str):
-        if source not in self._evals:
-            from hrnet_edge.training.pose_task import torch_infer
+    def reference_path(self, precision: str) -> Path:
+        return self.run.checks / f"pytorch-{precision}.npz"
 
-            self._evals[source] = self.evaluate(torch_infer(self.model_for(source)), batch_size=32)
-        return self._evals[source]
+    def save_reference(self, precision: str, result) -> None:
+        with atomic_path(self.reference_path(precision)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, heatmaps=result.heatmaps, keypoints=result.keypoints,
+                         image_ids=result.image_ids)
+
+    def reference_eval(self, source: str):
+        """The saved PyTorch evaluation an artifact from ``source`` is compared with."""
+        precision = REFERENCE_OF_SOURCE[source]
+        path = self.reference_path(precision)
+        row_path = self.run.check_path("pytorch", precision)
+        if not path.is_file() or not row_path.is_file():
+            raise RunDirError(f"reference pytorch-{precision} was not checked yet ({path.name} missing); "
+                              f"run 'hrnet-edge check --run {self.run.root}'")
+        with np.load(path) as data:
+            ref = SimpleNamespace(**{k: data[k] for k in data.files})
+        ref.metrics = read_json(row_path)["metric"]
+        return ref
 
     def agreement(self, ref, out) -> float:
         from hrnet_edge.evaluation.pose import keypoint_agreement
@@ -78,25 +92,23 @@ class CheckContext:
 
     def checkpoint_size(self, precision: str) -> int:
         if precision == "int8":
-            return size_bytes(self.run.qat_dir)
+            return size_bytes(self.run.qat_dir / "qat.safetensors")
         return size_bytes(self.run.best_checkpoint())
 
 
 def load_context(run: RunDir, cfg: RunConfig) -> CheckContext:
-    """Build the check context of a run (float model, validation split)."""
+    """Build the check context of a run (the validation split; models load on demand)."""
     import torch
 
-    from hrnet_edge.training.loop import load_trained
-    from hrnet_edge.training.pose_task import data_root, build_dataset
+    from hrnet_edge.training.pose_task import build_dataset, data_root
 
     torch.set_num_threads(cfg.check.threads)
-    model, _sha = load_trained(run, cfg)
     val = build_dataset(data_root(run, cfg), cfg.data.val_split, cfg, train=False)
-    return CheckContext(run=run, cfg=cfg, val_ds=val, float_model=model)
+    return CheckContext(run=run, cfg=cfg, val_ds=val)
 
 
 def pytorch_runner(ctx: CheckContext, precision: str):
     """The PyTorch model itself as a runner: fp32 (float) or int8 (NNCF fake-quant)."""
     from hrnet_edge.training.pose_task import torch_infer
 
-    return torch_infer(ctx.model_for("qat" if precision == "int8" else "fp32"))
+    return torch_infer(ctx.qat_model if precision == "int8" else ctx.float_model)

@@ -78,6 +78,7 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = pr
     row with its reason, never a crash. Returns one row per pair."""
     from converters.export_jobs import JobFactory
 
+    run.best_checkpoint()  # no trained model: a clear error, not a column of skipped rows
     factory = JobFactory(run, cfg)
     rows = []
     for target_name, precision in planned_exports(cfg):
@@ -135,6 +136,7 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
         row = read_json(path)
         if row.get("status") != "error":
             return row
+    path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "converters.check", str(run.root), target, precision],
                           capture_output=True, text=True)

@@ -1,0 +1,111 @@
+"""The pipeline end to end on a tiny configuration: every stage, every target.
+
+Slow-ish (exports through every backend), but it is the only test that proves the
+stages fit together the way `hrnet-edge pipeline` runs them.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hrnet_edge.cli import main
+from hrnet_edge.io import read_json
+
+TINY = """
+model = "hrnet_w8_pose"
+[model_overrides]
+input_size = [64, 64]
+[data]
+synthetic_train_images = 48
+synthetic_val_images = 12
+synthetic_image_size = [128, 128]
+workers = 0
+[train]
+epochs = 2
+batch_size = 16
+[qat]
+calibration_images = 16
+epochs = 1
+batch_size = 16
+[export]
+calibration_images = 8
+[check]
+warmup = 2
+iterations = 5
+"""
+
+ALL_ROWS = {("pytorch", "fp32"), ("pytorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
+            ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8"),
+            ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
+            ("executorch", "fp32"), ("executorch", "int8"),
+            ("coreml", "fp16"), ("coreml", "fp32"), ("coreml", "int8")}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    cfg = root / "tiny.toml"
+    cfg.write_text(TINY)
+    run = root / "run"
+    rc = main(["pipeline", "--config", str(cfg), "--run", str(run), "--no-progress"])
+    return run, rc
+
+
+@pytest.mark.slow
+def test_pipeline_fills_every_row(pipeline_run):
+    run, rc = pipeline_run
+    report = read_json(run / "report.json")
+    rows = {(r["target"], r["precision"]): r for r in report["rows"]}
+    assert set(rows) == ALL_ROWS
+    failed = [k for k, r in rows.items() if r["status"] in ("failed", "error")]
+    assert rc == (1 if failed else 0)  # a failed check makes the command exit non-zero
+    for key, r in rows.items():
+        assert r["status"] in ("passed", "failed", "reference", "not_runnable", "skipped"), (key, r)
+        if r["status"] in ("failed", "skipped", "not_runnable"):
+            assert r["reason"], key  # never a bare status
+        if r["status"] in ("passed", "failed"):
+            assert r["parity"]["max_abs"] >= 0 and -1 <= r["parity"]["cosine"] <= 1
+            assert r["latency"]["iterations"] == 5 and r["latency"]["p50_ms"] > 0
+            assert r["size_bytes"] > 0 and 0 <= r["metric"]["AP"] <= 1
+            assert r["reference"] == ("qat" if key[1] == "int8" else "fp32")
+    # float runtimes agree with PyTorch to float precision even on an untrained model
+    for key in [("onnx", "fp32"), ("openvino", "fp32"), ("tflite", "fp32"), ("executorch", "fp32")]:
+        assert rows[key]["status"] == "passed", rows[key]
+        assert rows[key]["parity"]["max_abs"] < 1e-3
+    # Core ML cannot run on Linux: never "passed", always the structural facts
+    for p in ("fp16", "fp32", "int8"):
+        assert rows[("coreml", p)]["status"] == "not_runnable"
+        assert rows[("coreml", p)]["inspect"]
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_run_directory(pipeline_run):
+    run, _ = pipeline_run
+    for rel in ("config.json", "env.json", "metrics.csv", "checkpoints/best.safetensors",
+                "checkpoints/last.json", "qat/qat.safetensors", "qat/metrics.json",
+                "report.md", "pareto.png", "data/annotations/person_keypoints_val2017.json"):
+        assert (run / rel).exists(), rel
+    md = (run / "report.md").read_text()
+    assert "| openvino | int8 |" in md and "not runnable here" in md
+    for meta in run.glob("exports/*/metadata.json"):
+        m = json.loads(meta.read_text())
+        assert m["task"] == "pose" and m["variant"] == "hrnet_w8_pose"
+        assert m["source_model"] == ("qat" if m["precision"] == "int8" else "fp32")
+        assert m["output"]["keypoint_names"][0] == "nose" and m["input"]["layout"] in ("NCHW", "NHWC")
+    # re-running a stage alone reuses the run: nothing is re-trained
+    before = (run / "checkpoints/best.safetensors").stat().st_mtime
+    assert main(["train", "--run", str(run), "--no-progress"]) == 0
+    assert (run / "checkpoints/best.safetensors").stat().st_mtime == before
+
+
+@pytest.mark.slow
+def test_export_without_training_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    from hrnet_edge.runconfig import load_run_config
+    from hrnet_edge.runs import init_run
+
+    init_run(tmp_path / "r", load_run_config(cfg))
+    assert main(["export", "--run", str(tmp_path / "r")]) == 2
+    assert "hrnet-edge train" in capsys.readouterr().err
