@@ -106,6 +106,13 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         row["reason"] = "; ".join(broken)
     row["latency"] = measure_latency(runner, ctx.latency_input(), cfg.check.warmup, cfg.check.iterations)
     row["latency"]["threads"] = cfg.check.threads
+    runtime = {k: getattr(runner, k) for k in ("config", "inference_precision") if hasattr(runner, k)}
+    if runtime:  # e.g. OpenVINO: the hint asked for and the precision the plugin used
+        row["runtime"] = runtime
+        used = str(runtime.get("inference_precision", ""))
+        if precision == "bf16" and used and used != "bf16":
+            row["reason"] = (row.get("reason", "") + "; " if row.get("reason") else "") + \
+                f"this CPU has no bf16 support: the plugin ran {used}"
     row["rss_before_load_mb"] = rss_before
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
@@ -113,6 +120,10 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m converters.check RUN TARGET PRECISION``: writes checks/<t>-<p>.json."""
+    import os
+
+    # OpenMP threads that spin while waiting starve each other on small machines
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else argv
     run_root, target, precision = Path(argv[0]), argv[1], argv[2]
     from hrnet_edge.runs import RunDir

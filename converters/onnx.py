@@ -1,0 +1,230 @@
+"""ONNX target: fp32 from the float model, int8 as a QDQ graph of the NNCF QAT model.
+
+Artifacts run on ONNX Runtime's CPU provider. The metadata is embedded as one JSON
+string under ``metadata_props["hrnet_edge"]``. Shapes are static (batch 1), which
+onnx2tf and the edge runtimes prefer; the runner loops over larger batches.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from converters.base import Artifact, ExportJob, Runner, Target
+from converters.metadata import (
+    EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
+    write_metadata,
+)
+from hrnet_edge.deps import require
+from hrnet_edge.errors import ExportError, unknown_choice
+from hrnet_edge.io import atomic_path
+
+OPSET = 17  # onnx2tf's Resize is exact at 17 and wrong for align_corners at >= 18
+
+
+def _export(model: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about shapes cast to int
+            # dynamo=False: torch 2.13 defaults to the dynamo exporter, which needs
+            # onnxscript; the TorchScript exporter is the one verified for QDQ and onnx2tf.
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int],
+                opset: int = OPSET) -> Path:
+    """Export ``model`` to a plain ONNX file (batch 1, input ``input``, output ``output``).
+
+    The pipeline uses this to hand an ONNX file to targets that convert from ONNX
+    (TFLite). The file is written atomically.
+
+    Args:
+        model: the float PyTorch model (its train/eval mode is restored afterwards).
+        path: where to write the ``.onnx`` file.
+        input_size: (height, width) of the input.
+        opset: ONNX opset; keep 17 for onnx2tf (see module docstring).
+
+    Raises:
+        ExportError: the exporter failed.
+    """
+    path = Path(path)
+    example = torch.rand(1, 3, *input_size)
+    try:
+        with atomic_path(path) as tmp:
+            _export(model, tmp, example, opset)
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    return path
+
+
+def export_qdq_onnx(qat_model: nn.Module, path: str | Path, input_size: tuple[int, int],
+                    opset: int = OPSET) -> Path:
+    """Export an NNCF QAT model as a QDQ ONNX (QuantizeLinear/DequantizeLinear).
+
+    The model is first stripped to ``torch.ao`` FakeQuantize modules: the unstripped
+    one exports ``org.openvinotoolkit::FakeQuantize``, which only OpenVINO reads.
+    """
+    nncf = require("nncf", "qat")
+    example = torch.rand(1, 3, *input_size)
+    stripped = nncf.strip(qat_model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+                          example_input=example)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _export(stripped, tmp, example, opset)
+    return path
+
+
+class OnnxRunner(Runner):
+    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
+
+    def __init__(self, path: Path, threads: int = 2):
+        self.path = Path(path)
+        self.threads = threads
+        self._make_session()
+
+    def _make_session(self) -> None:
+        ort = require("onnxruntime", "onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1  # one sequential graph: extra pools only add noise
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.input_shape[0] == 1 and x.shape[0] != 1:  # static batch 1: loop
+            return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+        self._make_session()
+
+
+def read_embedded_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata embedded in an ONNX file's ``metadata_props``."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if EMBED_KEY not in props:
+        raise ExportError(f"{path} carries no '{EMBED_KEY}' metadata")
+    return json.loads(props[EMBED_KEY])
+
+
+class OnnxTarget(Target):
+    """ONNX + ONNX Runtime (CPU). fp32 from the float model; int8 as QDQ from the
+    NNCF QAT model (``job.onnx_qdq_path`` if the pipeline made one, else built from
+    ``job.qat_model``)."""
+
+    name = "onnx"
+    precisions = ("fp32", "int8")
+    # onnx and onnxruntime are core dependencies; "onnx" is not a declared extra, but
+    # pip installs the core dependencies for it (with a warning).
+    extra = "onnx"
+    suffix = ".onnx"
+
+    def available(self) -> tuple[bool, str]:
+        for module in ("onnx", "onnxruntime"):
+            try:
+                require(module, self.extra)
+            except ImportError as exc:
+                return False, str(exc)
+        return True, ""
+
+    def export(self, job: ExportJob) -> Artifact:
+        if job.precision not in self.precisions:
+            raise unknown_choice("onnx precision", job.precision, self.precisions)
+        onnx = require("onnx", self.extra)
+        input_size = tuple(job.model.cfg.input_size)  # type: ignore[attr-defined]
+        notes: list[str] = []
+        with staged_artifact(Path(job.out_dir), self.name, job.precision) as stage:
+            path = stage / f"model{self.suffix}"
+            if job.precision == "fp32":
+                _export(job.model, path, torch.rand(1, 3, *input_size), OPSET)
+                quant = None
+            else:
+                quant = self._export_int8(job, path, input_size, notes)
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model)
+            _check_runnable(model, job.precision)
+            meta = finish_metadata(
+                job.metadata, self.name, job.precision, notes=notes,
+                extra={"format": "onnx", "opset": OPSET, "quantization": quant,
+                       "runtime": {"name": "onnxruntime", "provider": "CPUExecutionProvider"}},
+            )
+            onnx.helper.set_model_props(model, {EMBED_KEY: embedded_json(meta)})
+            onnx.save(model, str(path))
+            write_metadata(stage, meta, path)
+        final = Path(job.out_dir) / path.name
+        return Artifact(self.name, job.precision, final, Path(job.out_dir) / "metadata.json", notes)
+
+    def _export_int8(self, job: ExportJob, path: Path, input_size, notes: list[str]) -> dict:
+        if job.onnx_qdq_path is not None:
+            shutil.copyfile(job.onnx_qdq_path, path)
+            notes.append("int8: QDQ ONNX handed over by the pipeline (NNCF QAT, stripped)")
+        elif job.qat_model is not None:
+            export_qdq_onnx(job.qat_model, path, input_size)
+            notes.append("int8: QDQ ONNX of the NNCF QAT model stripped to torch.ao FakeQuantize")
+        else:
+            raise ExportError(
+                "onnx int8 needs the NNCF QAT model (job.qat_model) or a QDQ ONNX "
+                "(job.onnx_qdq_path); run quantization first or export fp32"
+            )
+        return {"source": "nncf_qat", "format": "QDQ (QuantizeLinear/DequantizeLinear)",
+                "activations": "int8/uint8 per tensor", "weights": "int8 (NNCF scheme)"}
+
+    def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
+        require("onnxruntime", self.extra)
+        return OnnxRunner(Path(artifact_dir) / f"model{self.suffix}", threads)
+
+    def inspect(self, artifact_dir: Path) -> dict[str, Any]:
+        onnx = require("onnx", self.extra)
+        path = Path(artifact_dir) / f"model{self.suffix}"
+        model = onnx.load(str(path))
+        ops = collections.Counter(n.op_type for n in model.graph.node)
+        return {
+            "op_counts": dict(sorted(ops.items())),
+            "num_nodes": len(model.graph.node),
+            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "inputs": [_value_info(onnx, v) for v in model.graph.input],
+            "outputs": [_value_info(onnx, v) for v in model.graph.output],
+            "quantize_linear": ops.get("QuantizeLinear", 0),
+            "dequantize_linear": ops.get("DequantizeLinear", 0),
+            "embedded_metadata": any(p.key == EMBED_KEY for p in model.metadata_props),
+            "metadata_json": (Path(artifact_dir) / "metadata.json").exists(),
+        }
+
+
+def _check_runnable(model, precision: str) -> None:
+    """Refuse graphs ONNX Runtime cannot run or that are not what was asked for."""
+    custom = sorted({n.domain for n in model.graph.node} - {"", "ai.onnx", "com.microsoft"})
+    if custom:  # e.g. an unstripped NNCF model exports org.openvinotoolkit::FakeQuantize
+        raise ExportError(f"onnx {precision}: nodes of domain(s) {custom}, which ONNX Runtime "
+                          "cannot run; strip the NNCF model to torch.ao FakeQuantize first")
+    if precision == "int8" and not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        raise ExportError("onnx int8: the graph has no QuantizeLinear; the QAT model carries no quantizers")
+
+
+def _value_info(onnx, v) -> dict[str, Any]:
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in v.type.tensor_type.shape.dim]
+    dtype = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+    return {"name": v.name, "shape": dims, "dtype": dtype}

@@ -1,0 +1,220 @@
+"""OpenVINO target: an IR (``model.xml`` + ``model.bin``) run by the CPU plugin.
+
+Precisions:
+
+* ``fp32``: FP32 weights (``save_model(compress_to_fp16=False)``; the default is True).
+* ``fp16``: FP16 weights (``compress_to_fp16=True``); the CPU plugin decompresses them.
+* ``bf16``: the FP32 IR run with ``INFERENCE_PRECISION_HINT=bf16``. On CPUs with BF16
+  units (avx512_bf16, AMX) the CPU plugin picks bf16 by itself; elsewhere the plugin
+  silently falls back to f32, which the runner records (``inference_precision``).
+* ``int8``: the unstripped NNCF QAT model converted directly, which keeps NNCF's
+  quantizers as FakeQuantize ops that the plugin runs in INT8.
+
+The runner pins ``INFERENCE_PRECISION_HINT`` to f32 for fp32/fp16/int8, because a CPU
+with BF16 units otherwise runs those in bf16 and parity with PyTorch is lost
+(3.5e-3 instead of 1.5e-7 on a test net, TOOLCHAIN.md). The metadata is embedded in
+the IR's ``rt_info`` under ``hrnet_edge/metadata`` as one JSON string.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from converters.base import Artifact, ExportJob, Runner, Target
+from converters.metadata import (
+    EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
+    write_metadata,
+)
+from hrnet_edge.deps import require
+from hrnet_edge.errors import ExportError, unknown_choice
+from hrnet_edge.io import read_json
+
+RT_INFO_PATH = [EMBED_KEY, "metadata"]
+# The inference precision the runner asks for, per artifact precision.
+RUN_HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+
+
+def _convert(model: torch.nn.Module, input_size: tuple[int, int]):
+    """ov.convert_model by tracing, with the model in eval mode (restored after)."""
+    ov = require("openvino", "openvino")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's PyTorch frontend traces with torch.jit.trace, which torch 2.13
+            # deprecates; NNCF models also trip the trace checker by a rounding step.
+            warnings.simplefilter("ignore")
+            ov_model = ov.convert_model(model, example_input=torch.rand(1, 3, *input_size))
+    finally:
+        model.train(was_training)
+    # Tracing leaves every dimension dynamic; a static batch-1 shape is what the
+    # metadata promises and lets the CPU plugin plan memory once.
+    ov_model.reshape([1, 3, *input_size])
+    # Traced models carry no tensor names; give the app the names the metadata uses.
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def _host_has_bf16() -> bool:
+    ov = require("openvino", "openvino")
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def read_embedded_metadata(xml_path: str | Path) -> dict[str, Any]:
+    """The metadata embedded in an IR's ``rt_info``."""
+    ov = require("openvino", "openvino")
+    model = ov.Core().read_model(str(xml_path))
+    if not model.has_rt_info(RT_INFO_PATH):
+        raise ExportError(f"{xml_path} carries no '{'/'.join(RT_INFO_PATH)}' rt_info")
+    return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
+
+
+class OpenVinoRunner(Runner):
+    """An IR compiled for the CPU plugin with a fixed precision hint and thread count.
+
+    Attributes:
+        config: the properties passed to ``compile_model`` (the hint used).
+        inference_precision: the precision the plugin actually chose (a bf16 hint
+            falls back to f32 on CPUs without BF16 units).
+    """
+
+    def __init__(self, xml_path: Path, threads: int = 2, hint: str = "f32"):
+        ov = require("openvino", "openvino")
+        self.xml_path = Path(xml_path)
+        self.hint = hint
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(self.xml_path))
+        first = self._model.inputs[0].get_partial_shape()[0]
+        self.batch = first.get_length() if first.is_static else 0  # 0: any batch
+        self._compile(threads)
+
+    def _compile(self, threads: int) -> None:
+        self.threads = threads
+        self.config = {
+            "INFERENCE_PRECISION_HINT": self.hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+        }
+        self.compiled = self._core.compile_model(self._model, "CPU", self.config)
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.batch == 1 and x.shape[0] != 1:  # static batch 1: loop
+            return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
+        self._request.infer({0: x})
+        return np.array(self._request.get_output_tensor(0).data, copy=True)
+
+    def set_threads(self, n: int) -> None:
+        self._compile(n)
+
+
+class OpenVinoTarget(Target):
+    """OpenVINO IR on the CPU plugin: fp32, fp16 (weights), bf16 (hint), int8 (NNCF)."""
+
+    name = "openvino"
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    extra = "openvino"
+    suffix = ".xml"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            require("openvino", self.extra)
+        except ImportError as exc:
+            return False, str(exc)
+        return True, ""
+
+    def export(self, job: ExportJob) -> Artifact:
+        if job.precision not in self.precisions:
+            raise unknown_choice("openvino precision", job.precision, self.precisions)
+        ov = require("openvino", self.extra)
+        input_size = tuple(job.model.cfg.input_size)  # type: ignore[attr-defined]
+        notes = self._notes(job.precision)
+        with staged_artifact(Path(job.out_dir), self.name, job.precision) as stage:
+            if job.precision == "int8":
+                if job.qat_model is None:
+                    raise ExportError("openvino int8 needs the NNCF QAT model (job.qat_model); "
+                                      "run quantization first or export fp32/fp16/bf16")
+                ov_model = _convert(job.qat_model, input_size)
+            else:
+                ov_model = _convert(job.model, input_size)
+            ops = collections.Counter(op.get_type_name() for op in ov_model.get_ops())
+            meta = finish_metadata(job.metadata, self.name, job.precision, notes=notes,
+                                   extra=self._extra(job.precision, ops))
+            ov_model.set_rt_info(embedded_json(meta), RT_INFO_PATH)
+            xml = stage / f"model{self.suffix}"
+            ov.save_model(ov_model, str(xml), compress_to_fp16=job.precision == "fp16")
+            write_metadata(stage, meta, xml, companions=[xml.with_suffix(".bin")])
+        out = Path(job.out_dir)
+        return Artifact(self.name, job.precision, out / xml.name, out / "metadata.json", notes)
+
+    @staticmethod
+    def _extra(precision: str, ops: collections.Counter) -> dict[str, Any]:
+        weights = {"fp32": "f32", "bf16": "f32", "fp16": "f16", "int8": "i8 (NNCF QAT)"}[precision]
+        extra: dict[str, Any] = {
+            "format": "openvino_ir",
+            "files": ["model.xml", "model.bin"],
+            "weights_precision": weights,
+            "runtime": {"device": "CPU", "INFERENCE_PRECISION_HINT": RUN_HINTS[precision],
+                        "PERFORMANCE_HINT": "LATENCY"},
+        }
+        if precision == "int8":
+            extra["quantization"] = {"source": "nncf_qat", "format": "FakeQuantize",
+                                     "fake_quantize_ops": ops.get("FakeQuantize", 0)}
+        return extra
+
+    @staticmethod
+    def _notes(precision: str) -> list[str]:
+        if precision == "bf16":
+            return [
+                "bf16: the FP32 IR compiled with INFERENCE_PRECISION_HINT=bf16; the CPU "
+                "plugin's default on CPUs with BF16 units (avx512_bf16/AMX); elsewhere it "
+                "falls back to f32",
+                f"export host has BF16 units: {_host_has_bf16()}",
+            ]
+        if precision == "fp16":
+            return ["fp16 weights; compute precision follows INFERENCE_PRECISION_HINT "
+                    "(f32 for the parity check)"]
+        return ["compile with INFERENCE_PRECISION_HINT=f32 to match PyTorch: CPUs with BF16 "
+                "units otherwise run in bf16"]
+
+    def load(self, artifact_dir: Path, threads: int = 2, hint: str | None = None) -> Runner:
+        """Compile the IR for CPU; ``hint`` overrides the precision hint of the metadata."""
+        artifact_dir = Path(artifact_dir)
+        if hint is None:
+            meta_path = artifact_dir / "metadata.json"
+            precision = read_json(meta_path).get("precision", "fp32") if meta_path.exists() else "fp32"
+            hint = RUN_HINTS.get(precision, "f32")
+        return OpenVinoRunner(artifact_dir / f"model{self.suffix}", threads, hint)
+
+    def inspect(self, artifact_dir: Path) -> dict[str, Any]:
+        ov = require("openvino", self.extra)
+        model = ov.Core().read_model(str(Path(artifact_dir) / f"model{self.suffix}"))
+        ops = collections.Counter(op.get_type_name() for op in model.get_ops())
+        consts = collections.Counter(
+            op.get_output_element_type(0).get_type_name() for op in model.get_ops()
+            if op.get_type_name() == "Constant"
+        )
+        return {
+            "op_counts": dict(sorted(ops.items())),
+            "fake_quantize": ops.get("FakeQuantize", 0),
+            "constant_types": dict(sorted(consts.items())),
+            "inputs": [_port(p) for p in model.inputs],
+            "outputs": [_port(p) for p in model.outputs],
+            "embedded_metadata": model.has_rt_info(RT_INFO_PATH),
+            "metadata_json": (Path(artifact_dir) / "metadata.json").exists(),
+        }
+
+
+def _port(port) -> dict[str, Any]:
+    shape = [d.get_length() if d.is_static else str(d) for d in port.get_partial_shape()]
+    return {"name": port.get_any_name(), "shape": shape,
+            "dtype": port.get_element_type().get_type_name()}

@@ -1,0 +1,144 @@
+"""Shared test fixtures: drawn figure-like scenes and small, settled pose models.
+
+Export parity is checked on images that look like what the models see (a person-like
+figure over a background), not only on uniform noise: noise keeps every activation
+in a narrow band and hides quantization and layout errors that real scenes expose.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+# NNCF's CPU extension brings its own OpenMP runtime beside torch's; with both
+# spinning after each parallel region on two cores, an NNCF forward took 6 s instead
+# of 0.1 s here (and nncf.quantize 40 s instead of 4 s). Passive waiting must be set
+# before the runtimes load, i.e. before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+EXPORT_INPUT_SIZE = (128, 96)
+
+
+def draw_scenes(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` figure-like scenes: a two-colour gradient background, some clutter, a
+    figure made of an ellipse head and torso and thick limbs at random poses.
+
+    Returns:
+        NCHW float32 RGB in 0..1 (the models' input contract).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        t = np.linspace(0, 1, h)[:, None, None] * rng.uniform(0.5, 1.0) + \
+            np.linspace(0, 1, w)[None, :, None] * rng.uniform(0.0, 0.5)
+        img = np.ascontiguousarray((c0 * (1 - t / t.max()) + c1 * t / t.max()).astype(np.uint8))
+        for _ in range(int(rng.integers(2, 5))):  # clutter: boxes in the background
+            p = rng.integers(0, [w, h])
+            q = p + rng.integers(4, [w // 3 + 5, h // 3 + 5])
+            cv2.rectangle(img, tuple(int(v) for v in p), tuple(int(v) for v in q),
+                          tuple(int(c) for c in rng.uniform(0, 255, 3)), -1)
+        _draw_figure(img, rng)
+        img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        out[i] = img.transpose(2, 0, 1) / 255.0
+    return out
+
+
+def _draw_figure(img: np.ndarray, rng: np.random.Generator) -> None:
+    import cv2
+
+    h, w = img.shape[:2]
+    color = tuple(int(c) for c in rng.uniform(0, 255, 3))
+    thick = max(2, w // 14)
+    cx, neck = int(rng.uniform(0.35, 0.65) * w), int(rng.uniform(0.22, 0.32) * h)
+    hip = neck + int(0.3 * h)
+    cv2.ellipse(img, (cx, neck - h // 12), (w // 12, h // 14), 0, 0, 360, color, -1)
+    cv2.ellipse(img, (cx, (neck + hip) // 2), (w // 9, (hip - neck) // 2), 0, 0, 360, color, -1)
+    for side in (-1, 1):
+        elbow = (cx + side * int(rng.uniform(0.12, 0.25) * w), neck + int(rng.uniform(0.05, 0.2) * h))
+        hand = (elbow[0] + side * int(rng.uniform(0.0, 0.15) * w), elbow[1] + int(rng.uniform(-0.15, 0.15) * h))
+        knee = (cx + side * int(rng.uniform(0.03, 0.15) * w), hip + int(0.2 * h))
+        foot = (knee[0] + side * int(rng.uniform(0.0, 0.1) * w), min(h - 2, knee[1] + int(0.2 * h)))
+        for a, b in ((( cx, neck), elbow), (elbow, hand), ((cx, hip), knee), (knee, foot)):
+            cv2.line(img, a, b, color, thick)
+
+
+@pytest.fixture(scope="session")
+def scene_images():
+    """Factory: ``scene_images(n, size=(128, 96), seed=0)`` -> NCHW float32 in 0..1."""
+    pytest.importorskip("cv2", reason="opencv is not installed")
+
+    def make(n: int, size: tuple[int, int] = EXPORT_INPUT_SIZE, seed: int = 0) -> np.ndarray:
+        return draw_scenes(n, size, seed)
+
+    return make
+
+
+def settle_pose_model(input_size: tuple[int, int] = EXPORT_INPUT_SIZE, seed: int = 0) -> torch.nn.Module:
+    """``hrnet_w8_pose`` with BatchNorm statistics taken from drawn scenes and a head
+    with structured output: a fresh net's identity BN statistics and near-zero head
+    give activation ranges and heatmaps unlike a trained model's."""
+    from hrnet_edge import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("hrnet_w8_pose", input_size=input_size)
+    torch.nn.init.normal_(model.head.final.weight, std=0.05)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the settling batch
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(draw_scenes(16, input_size, seed=1000 + seed)))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def settled_pose_model() -> torch.nn.Module:
+    """A settled ``hrnet_w8_pose`` at 128x96 (see :func:`settle_pose_model`); do not mutate."""
+    pytest.importorskip("cv2", reason="opencv is not installed")
+    return settle_pose_model()
+
+
+@pytest.fixture(scope="session")
+def nncf_pose_model(settled_pose_model):
+    """An NNCF-quantized copy of ``settled_pose_model`` (post-training on 8 drawn
+    scenes), standing in for the QAT model: the export routes are the same. Bias
+    correction is off to keep the fixture quick (NNCF's statistics pass is slow)."""
+    nncf = pytest.importorskip("nncf", reason="nncf is not installed (extra 'qat')")
+    samples = [torch.from_numpy(x[None]) for x in draw_scenes(8, EXPORT_INPUT_SIZE, seed=2000)]
+    qm = nncf.quantize(copy.deepcopy(settled_pose_model), nncf.Dataset(samples),
+                       subset_size=len(samples),
+                       advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True))
+    return qm.eval()
+
+
+def heatmap_parity(out: np.ndarray, ref: np.ndarray, tol_px: int = 1) -> dict[str, float]:
+    """Compare two (N, K, h, w) heatmap batches.
+
+    Returns:
+        max_abs; rel (max_abs over the reference's largest magnitude); corr, the
+        Pearson correlation of all values; argmax_agreement, the share of (image,
+        keypoint) pairs whose argmax lies within ``tol_px`` heatmap pixels (Chebyshev)
+        of the reference's.
+    """
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    max_abs = float(np.abs(out - ref).max())
+    n, k, h, w = ref.shape
+    a = out.reshape(n, k, -1).argmax(-1)
+    b = ref.reshape(n, k, -1).argmax(-1)
+    dist = np.maximum(np.abs(a // w - b // w), np.abs(a % w - b % w))
+    return {"max_abs": max_abs, "rel": max_abs / float(np.abs(ref).max()),
+            "corr": float(np.corrcoef(out.ravel(), ref.ravel())[0, 1]),
+            "argmax_agreement": float((dist <= tol_px).mean())}
+
+
+@pytest.fixture(scope="session")
+def parity():
+    """The :func:`heatmap_parity` helper, for test modules."""
+    return heatmap_parity

@@ -1,0 +1,133 @@
+"""OpenVINO target: fp32, fp16, bf16 and NNCF int8 IRs of a settled hrnet_w8_pose
+(128x96), checked against PyTorch on drawn scenes; metadata beside and in the IR."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hrnet_edge.errors import ExportError
+
+pytest.importorskip("openvino", reason="openvino is not installed (extra 'openvino')")
+
+from converters.base import ExportJob  # noqa: E402
+from converters.metadata import base_metadata  # noqa: E402
+from converters.openvino import OpenVinoTarget, read_embedded_metadata  # noqa: E402
+
+pytestmark = pytest.mark.export
+
+# Thresholds relative to the largest |output| of the reference.
+REL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+# OpenVINO's INT8 kernels vs the NNCF torch model: rounding steps apart here and there
+# (ONNX Runtime's QDQ is closer: ~5 %), plus int16 saturation of u8*s8 pairs on CPUs
+# without VNNI (this AVX2 host) in every layer but the first, which NNCF's default
+# overflow fix covers. This untrained net amplifies each flipped step; measured here:
+# rel 0.30, corr 0.993, argmax agreement 0.76. A layout or scale bug gives corr ~0.
+INT8_REL = 0.5
+
+
+def _job(model, precision, out_dir, **kw) -> ExportJob:
+    return ExportJob(model=model, precision=precision, out_dir=out_dir,
+                     metadata=base_metadata(model, {}, None), **kw)
+
+
+def _torch(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])
+
+
+@pytest.fixture(scope="module")
+def images(scene_images):
+    return scene_images(8, seed=21)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, settled_pose_model):
+    root = tmp_path_factory.mktemp("openvino")
+    target = OpenVinoTarget()
+    return {p: target.export(_job(settled_pose_model, p, root / f"openvino-{p}"))
+            for p in ("fp32", "fp16", "bf16")}
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tmp_path_factory, settled_pose_model, nncf_pose_model):
+    out = tmp_path_factory.mktemp("openvino-int8") / "openvino-int8"
+    return OpenVinoTarget().export(_job(settled_pose_model, "int8", out, qat_model=nncf_pose_model))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
+    runner = OpenVinoTarget().load(artifacts[precision].path.parent, threads=2)
+    out = runner(images)
+    p = parity(out, _torch(settled_pose_model, images))
+    print(f"openvino {precision} (hint {runner.config['INFERENCE_PRECISION_HINT']}, "
+          f"ran {runner.inference_precision}): {p}")
+    assert out.shape == (8, 17, 32, 24)
+    assert runner.config["INFERENCE_NUM_THREADS"] == 2
+    assert runner.config["PERFORMANCE_HINT"] == "LATENCY"
+    expected_hint = "bf16" if precision == "bf16" else "f32"
+    assert runner.config["INFERENCE_PRECISION_HINT"] == expected_hint
+    # A CPU without BF16 units falls back to f32 for the bf16 hint.
+    assert runner.inference_precision in (("bf16", "f32") if precision == "bf16" else ("f32",))
+    assert p["rel"] < REL[precision], p
+    assert p["argmax_agreement"] >= (1.0 if precision == "fp32" else 0.95), p
+
+
+def test_int8_parity(int8_artifact, nncf_pose_model, settled_pose_model, images, parity):
+    runner = OpenVinoTarget().load(int8_artifact.path.parent)
+    out = runner(images)
+    vs_qat = parity(out, _torch(nncf_pose_model, images))
+    vs_fp32 = parity(out, _torch(settled_pose_model, images))
+    print(f"openvino int8 vs NNCF torch {vs_qat}; vs fp32 torch {vs_fp32}")
+    assert runner.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert vs_qat["rel"] < INT8_REL and vs_qat["corr"] > 0.98, vs_qat
+    assert vs_qat["argmax_agreement"] >= 0.65, vs_qat
+    assert vs_fp32["corr"] > 0.9 and vs_fp32["argmax_agreement"] >= 0.3, vs_fp32
+
+
+def test_int8_has_fake_quantize(int8_artifact):
+    facts = OpenVinoTarget().inspect(int8_artifact.path.parent)
+    assert facts["fake_quantize"] > 0
+    meta = json.loads(int8_artifact.metadata_path.read_text())
+    assert meta["quantization"]["fake_quantize_ops"] == facts["fake_quantize"]
+
+
+def test_fp16_weights_are_fp16(artifacts):
+    f16 = OpenVinoTarget().inspect(artifacts["fp16"].path.parent)["constant_types"]
+    f32 = OpenVinoTarget().inspect(artifacts["fp32"].path.parent)["constant_types"]
+    assert f16.get("f16", 0) > 0 and f32.get("f16", 0) == 0
+    size = lambda a: a.path.with_suffix(".bin").stat().st_size  # noqa: E731
+    assert size(artifacts["fp16"]) < 0.6 * size(artifacts["fp32"])
+
+
+def test_metadata_file_and_rt_info(artifacts):
+    for precision, art in artifacts.items():
+        meta = json.loads(art.metadata_path.read_text())
+        assert meta["target"] == "openvino" and meta["precision"] == precision
+        assert meta["input"]["layout"] == "NCHW" and meta["input"]["shape"] == [1, 3, 128, 96]
+        assert meta["output"]["layout"] == "NCHW" and meta["output"]["shape"] == [1, 17, 32, 24]
+        assert meta["runtime"]["INFERENCE_PRECISION_HINT"] == ("bf16" if precision == "bf16" else "f32")
+        assert meta["tool_versions"]["openvino"]
+        assert [c["file"] for c in meta["artifact"]["companions"]] == ["model.bin"]
+        assert read_embedded_metadata(art.path) == {k: v for k, v in meta.items() if k != "artifact"}
+        facts = OpenVinoTarget().inspect(art.path.parent)
+        assert facts["inputs"] == [{"name": "input", "shape": [1, 3, 128, 96], "dtype": "f32"}]
+        assert facts["outputs"][0]["shape"] == meta["output"]["shape"]
+    assert any("bf16" in n for n in json.loads(artifacts["bf16"].metadata_path.read_text())["notes"])
+
+
+def test_set_threads(artifacts, images):
+    runner = OpenVinoTarget().load(artifacts["fp32"].path.parent, threads=1)
+    a = runner(images[:1])
+    runner.set_threads(2)
+    assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    np.testing.assert_allclose(runner(images[:1]), a, rtol=0, atol=1e-5)
+
+
+def test_int8_without_qat_model_leaves_nothing(tmp_path, settled_pose_model):
+    out = tmp_path / "openvino-int8"
+    with pytest.raises(ExportError, match="qat_model"):
+        OpenVinoTarget().export(_job(settled_pose_model, "int8", out))
+    assert list(tmp_path.iterdir()) == []

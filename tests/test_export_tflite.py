@@ -1,0 +1,161 @@
+"""TFLite target: onnx2tf float32, float16 and full-integer int8 exports of a settled
+hrnet_w8_pose (128x96), checked against PyTorch on drawn scenes; NHWC artifact behind
+the NCHW runner; metadata beside and inside the flatbuffer; failures leave nothing.
+
+onnx2tf takes tens of seconds per conversion; the target reuses one run for every
+precision of the same ONNX file, so the module converts once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from hrnet_edge.errors import ExportError
+
+pytest.importorskip("onnx2tf", reason="onnx2tf is not installed (extra 'tflite')")
+pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is not installed (extra 'tflite')")
+
+from converters.base import ExportJob  # noqa: E402
+from converters.metadata import base_metadata  # noqa: E402
+from converters.onnx import export_onnx  # noqa: E402
+from converters.tflite import SAMPLE_FILE, TfliteTarget, read_embedded_metadata  # noqa: E402
+
+pytestmark = pytest.mark.export
+
+REL = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def _torch(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])
+
+
+@pytest.fixture(scope="module")
+def images(scene_images):
+    return scene_images(8, seed=31)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, settled_pose_model, scene_images):
+    root = tmp_path_factory.mktemp("tflite")
+    onnx_path = export_onnx(settled_pose_model, root / "intermediate" / "fp32.onnx", (128, 96))
+    calibration = scene_images(16, seed=41)  # stands in for the training images
+    meta = base_metadata(settled_pose_model, {}, None)
+
+    def job(precision, out_dir, **kw):
+        kw.setdefault("onnx_path", onnx_path)
+        return ExportJob(model=settled_pose_model, precision=precision, out_dir=out_dir,
+                         metadata=meta, calibration=calibration, **kw)
+
+    return root, onnx_path, job
+
+
+@pytest.fixture(scope="module")
+def artifacts(setup):
+    root, onnx_path, job = setup
+    before = onnx_path.read_bytes()
+    cwd = os.getcwd()
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the TFLite export tried to reach the network: {args}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        # int8 first: its onnx2tf run also writes the float models, which the next
+        # exports of the same ONNX reuse (one conversion for the module).
+        arts = {p: TfliteTarget().export(job(p, root / f"tflite-{p}")) for p in ("int8", "fp32", "fp16")}
+    assert onnx_path.read_bytes() == before, "onnx2tf rewrote the handed-over ONNX file"
+    assert os.getcwd() == cwd and not os.path.exists(os.path.join(cwd, SAMPLE_FILE))
+    return arts
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
+    out = TfliteTarget().load(artifacts[precision].path.parent, threads=2)(images)
+    p = parity(out, _torch(settled_pose_model, images))
+    print(f"tflite {precision}: {p}")
+    assert out.shape == (8, 17, 32, 24)  # back in the PyTorch layout
+    assert p["rel"] < REL[precision], p
+    assert p["argmax_agreement"] >= (1.0 if precision == "fp32" else 0.95), p
+
+
+def test_int8_parity(artifacts, settled_pose_model, images, parity):
+    runner = TfliteTarget().load(artifacts["int8"].path.parent)
+    assert runner.input["dtype"] == np.float32  # float I/O, quantized inside
+    p = parity(runner(images), _torch(settled_pose_model, images))
+    print(f"tflite int8 vs fp32 torch: {p}")
+    # Post-training int8 of an untrained net against its float self: large values,
+    # but a layout, normalization or calibration bug sends both to chance.
+    assert p["corr"] > 0.9 and p["argmax_agreement"] >= 0.3, p
+
+
+def test_metadata_records_nhwc(artifacts):
+    for precision, art in artifacts.items():
+        meta = json.loads(art.metadata_path.read_text())
+        assert meta["target"] == "tflite" and meta["precision"] == precision
+        assert meta["input"]["layout"] == "NHWC" and meta["input"]["shape"] == [1, 128, 96, 3]
+        assert meta["output"]["layout"] == "NHWC" and meta["output"]["shape"] == [1, 32, 24, 17]
+        assert meta["input"]["dtype"] == "float32" and meta["output"]["dtype"] == "float32"
+        assert meta["tool_versions"]["onnx2tf"] and meta["tool_versions"]["ai-edge-litert"]
+        assert read_embedded_metadata(art.path) == {k: v for k, v in meta.items() if k != "artifact"}
+    q = json.loads(artifacts["int8"].metadata_path.read_text())["quantization"]
+    assert q["calibration_images"] == 16 and q["io"].startswith("float32")
+
+
+def test_inspect(artifacts):
+    facts = {p: TfliteTarget().inspect(a.path.parent) for p, a in artifacts.items()}
+    for f in facts.values():
+        assert f["flex_ops"] == [] and f["embedded_metadata"] and f["op_counts"]["CONV_2D"] > 0
+        assert f["delegate_partitions"] >= 1
+        assert f["inputs"][0]["shape"] == [1, 128, 96, 3]
+    assert facts["fp16"]["op_counts"].get("DEQUANTIZE", 0) > 0  # fp16 weights
+    assert facts["int8"]["op_counts"].get("QUANTIZE", 0) >= 1
+    # XNNPACK runs no nearest-neighbour resize (TOOLCHAIN.md): the fuse layers' upsamples
+    assert "RESIZE_NEAREST_NEIGHBOR" in facts["fp32"]["non_delegated_ops"]
+
+
+def test_broken_onnx_leaves_nothing(setup):
+    root, _, job = setup
+    broken = root / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx file")
+    out = root / "tflite-broken"
+    with pytest.raises(ExportError, match="onnx2tf|tflite"):
+        TfliteTarget().export(job("fp32", out, onnx_path=broken))
+    assert not out.exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tflite-broken")]
+
+
+def test_missing_inputs_are_typed_errors(setup, tmp_path):
+    _, _, job = setup
+    with pytest.raises(ExportError, match="onnx_path"):
+        TfliteTarget().export(job("fp32", tmp_path / "a", onnx_path=tmp_path / "missing.onnx"))
+    bad = job("int8", tmp_path / "b")
+    bad.calibration = bad.calibration[:, :, :64]  # wrong size
+    with pytest.raises(ExportError, match="calibration"):
+        TfliteTarget().export(bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_int8_io_dequantizes():
+    """The runner (de)quantizes int8 I/O with the tensor's scale and zero point."""
+    from converters.tflite import _dequantize, _quantize
+
+    detail = {"dtype": np.int8, "quantization": (1 / 255, -128)}
+    x = np.linspace(0, 1, 256, dtype=np.float32)
+    q = _quantize(x, detail)
+    assert q.dtype == np.int8 and q.min() == -128 and q.max() == 127
+    np.testing.assert_allclose(_dequantize(q, detail), x, atol=0.5 / 255 + 1e-7)
+
+
+def test_int8_io_artifact(setup, settled_pose_model, images, parity):
+    root, _, job = setup
+    art = TfliteTarget().export(job("int8", root / "tflite-int8-io", options={"int8_io": True}))
+    meta = json.loads(art.metadata_path.read_text())
+    assert meta["input"]["dtype"] == "int8" and "scale" in meta["input"]["quantization"]
+    p = parity(TfliteTarget().load(art.path.parent)(images), _torch(settled_pose_model, images))
+    assert p["corr"] > 0.9 and p["argmax_agreement"] >= 0.3, p
