@@ -40,7 +40,7 @@ class DataConfig:
 class TrainConfig:
     """FP32 training."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -54,7 +54,7 @@ class QatConfig:
     """NNCF quantization-aware training."""
 
     calibration_images: int = 128
-    epochs: int = 2
+    epochs: int = 1
     lr: float = 1e-5
     batch_size: int = 32
 
