@@ -232,3 +232,9 @@ def test_generator_is_idempotent_and_atomic(tmp_path):
     (user / "mine.txt").write_text("keep")
     with pytest.raises(DataError, match="not written by"):
         _small(user)
+
+
+def test_generator_rejects_bad_parameters(tmp_path):
+    with pytest.raises(DataError, match="image_size"):
+        generate_synthetic_pose(tmp_path / "x", num_train=1, num_val=1, image_size=(8, 8))
+    assert not (tmp_path / "x").exists()
