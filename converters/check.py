@@ -114,8 +114,20 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
             row["reason"] = (row.get("reason", "") + "; " if row.get("reason") else "") + \
                 f"this CPU has no bf16 support: the plugin ran {used}"
     row["rss_before_load_mb"] = rss_before
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mb"] = _peak_rss_mb()
     return row
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: ru_maxrss survives
+    exec, so a check process forked from a large pipeline reported the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
