@@ -58,17 +58,9 @@ def tool_versions() -> dict[str, str]:
 
 def to_jsonable(obj: Any) -> Any:
     """A deep copy of ``obj`` made of JSON types only (tuples -> lists, arrays -> lists)."""
-    return json.loads(json.dumps(obj, default=_default))
+    from hrnet_edge.io import jsonable
 
-
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return json.loads(json.dumps(obj, default=jsonable))
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically and return the path."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=jsonable) + "\n")
     return Path(path)
 
 
@@ -77,7 +77,8 @@ def size_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``json.dumps`` default for arrays, paths and sets."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
