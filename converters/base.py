@@ -91,10 +91,14 @@ class Target(abc.ABC):
     precisions: tuple[str, ...] = ()
     extra: str = ""
     suffix: str = ""
+    # modules needed to export, and (when fewer) to run an artifact: a check process
+    # that only runs a .tflite must not import onnx2tf and TensorFlow.
+    modules: tuple[str, ...] = ()
+    runtime_modules: tuple[str, ...] | None = None
 
-    @abc.abstractmethod
     def available(self) -> tuple[bool, str]:
         """Whether the backend can be imported: (True, "") or (False, reason)."""
+        return _importable(self.modules, self.extra)
 
     @abc.abstractmethod
     def export(self, job: ExportJob) -> Artifact:
@@ -107,7 +111,8 @@ class Target(abc.ABC):
 
     def runnable(self) -> tuple[bool, str]:
         """Whether artifacts of this target can run on this host (Core ML: macOS only)."""
-        return self.available()
+        mods = self.modules if self.runtime_modules is None else self.runtime_modules
+        return _importable(mods, self.extra)
 
     @abc.abstractmethod
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
@@ -128,3 +133,15 @@ class CallableRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.fn(x)
+
+
+def _importable(modules: tuple[str, ...], extra: str) -> tuple[bool, str]:
+    from hrnet_edge.deps import require
+    from hrnet_edge.errors import MissingDependency
+
+    for module in modules:
+        try:
+            require(module, extra)
+        except MissingDependency as exc:
+            return False, str(exc)
+    return True, ""

@@ -54,13 +54,7 @@ class CoreMLTarget(Target):
     precisions = ("fp16", "fp32", "int8")
     extra = "coreml"
     suffix = ".mlpackage"
-
-    def available(self) -> tuple[bool, str]:
-        try:
-            require("coremltools", self.extra)
-        except HRNetEdgeError as exc:
-            return False, str(exc)
-        return True, ""
+    modules = ("coremltools",)
 
     def runnable(self) -> tuple[bool, str]:
         if sys.platform != "darwin":

@@ -50,14 +50,7 @@ class ExecuTorchTarget(Target):
     precisions = ("fp32", "int8")
     extra = "executorch"
     suffix = ".pte"
-
-    def available(self) -> tuple[bool, str]:
-        try:
-            require("executorch.exir", self.extra)
-            require("executorch.runtime", self.extra)
-        except HRNetEdgeError as exc:
-            return False, str(exc)
-        return True, ""
+    modules = ("executorch.exir", "executorch.runtime")
 
     def export(self, job: ExportJob) -> Artifact:
         """Export, lower to XNNPACK and write ``model.pte`` + ``metadata.json`` atomically.

@@ -140,14 +140,7 @@ class OnnxTarget(Target):
     # pip installs the core dependencies for it (with a warning).
     extra = "onnx"
     suffix = ".onnx"
-
-    def available(self) -> tuple[bool, str]:
-        for module in ("onnx", "onnxruntime"):
-            try:
-                require(module, self.extra)
-            except ImportError as exc:
-                return False, str(exc)
-        return True, ""
+    modules = ("onnx", "onnxruntime")
 
     def export(self, job: ExportJob) -> Artifact:
         if job.precision not in self.precisions:

@@ -124,13 +124,7 @@ class OpenVinoTarget(Target):
     precisions = ("fp32", "fp16", "bf16", "int8")
     extra = "openvino"
     suffix = ".xml"
-
-    def available(self) -> tuple[bool, str]:
-        try:
-            require("openvino", self.extra)
-        except ImportError as exc:
-            return False, str(exc)
-        return True, ""
+    modules = ("openvino",)
 
     def export(self, job: ExportJob) -> Artifact:
         if job.precision not in self.precisions:

@@ -321,14 +321,8 @@ class TfliteTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     extra = "tflite"
     suffix = ".tflite"
-
-    def available(self) -> tuple[bool, str]:
-        for module in ("onnx2tf", "tensorflow", "ai_edge_litert.interpreter"):
-            try:
-                require(module, self.extra)
-            except ImportError as exc:
-                return False, str(exc)
-        return True, ""
+    modules = ("onnx2tf", "tensorflow", "ai_edge_litert.interpreter")
+    runtime_modules = ("ai_edge_litert.interpreter",)
 
     def export(self, job: ExportJob) -> Artifact:
         if job.precision not in self.precisions:
