@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:  # torch is only needed to export, not to run an artifact
+    from torch import nn
 
 # Precisions a target may offer. "int8" always means activations and weights in INT8
 # unless the target's metadata says otherwise (Core ML: weight-only).

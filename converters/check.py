@@ -132,10 +132,6 @@ def _peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m converters.check RUN TARGET PRECISION``: writes checks/<t>-<p>.json."""
-    import os
-
-    # OpenMP threads that spin while waiting starve each other on small machines
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else argv
     run_root, target, precision = Path(argv[0]), argv[1], argv[2]
     from hrnet_edge.runs import RunDir

@@ -66,7 +66,8 @@ class JobFactory:
         from hrnet_edge.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 
         info = {"keypoint_names": list(KEYPOINT_NAMES), "skeleton": [list(p) for p in SKELETON],
-                "flip_pairs": [list(p) for p in FLIP_PAIRS]}
+                "flip_pairs": [list(p) for p in FLIP_PAIRS], "decoder": self.cfg.eval.decoder,
+                "sigma": self.cfg.data.sigma, "flip_test": self.cfg.eval.flip_test}
         return base_metadata(self.model, info, self._trained[1])
 
     def onnx_for(self, source: str) -> Path:

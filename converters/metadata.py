@@ -20,8 +20,10 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from hrnet_edge.errors import ExportError, HRNetEdgeError
 from hrnet_edge.io import atomic_path, sha256_file, size_bytes, write_json
@@ -63,20 +65,22 @@ def to_jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=jsonable))
 
 
-@torch.no_grad()
 def output_shape(model: nn.Module, input_shape: tuple[int, ...]) -> list[int]:
     """The model's output shape for ``input_shape``, computed on the meta device
     (no memory, milliseconds even for large inputs)."""
-    try:
-        meta = copy.deepcopy(model).to("meta").eval()
-        return list(meta(torch.zeros(*input_shape, device="meta")).shape)
-    except Exception:  # a module that cannot move to meta (e.g. custom extensions)
-        was_training = model.training
-        model.eval()
+    import torch
+
+    with torch.no_grad():
         try:
-            return list(model(torch.zeros(*input_shape)).shape)
-        finally:
-            model.train(was_training)
+            meta = copy.deepcopy(model).to("meta").eval()
+            return list(meta(torch.zeros(*input_shape, device="meta")).shape)
+        except Exception:  # a module that cannot move to meta (e.g. custom extensions)
+            was_training = model.training
+            model.eval()
+            try:
+                return list(model(torch.zeros(*input_shape)).shape)
+            finally:
+                model.train(was_training)
 
 
 def _input_spec(cfg) -> dict[str, Any]:
@@ -109,9 +113,15 @@ def _pose_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "steps": [
             "for each keypoint k: (py, px) = argmax of heatmap[k] (row-major, h x w); "
             "score = heatmap[k, py, px]",
-            "quarter-pixel refinement: if 0 < px < w-1: px += 0.25 * sign(heatmap[k, py, px+1]"
-            " - heatmap[k, py, px-1]); if 0 < py < h-1: py += 0.25 * sign(heatmap[k, py+1, px]"
-            " - heatmap[k, py-1, px])",
+            "sub-pixel refinement as the checks did (decoder below). 'dark': blur heatmap[k] "
+            "with a normalised Gaussian of the target sigma (kernel radius round(3*sigma), "
+            "edges replicated), rescale it to keep the original peak, take L = log(max(., "
+            "1e-10)); with central differences at (px, py) gx = (L[x+1]-L[x-1])/2, gy likewise, "
+            "hxx = L[x+1]-2L[x]+L[x-1], hyy likewise, hxy = (L[y+1,x+1]-L[y+1,x-1]-L[y-1,x+1]"
+            "+L[y-1,x-1])/4; if det = hxx*hyy-hxy^2 > 0 and hxx < 0 and the peak is not on the "
+            "border: (px, py) -= H^-1 (gx, gy), kept only when both offsets are within 1 pixel. "
+            "'quarter': if 0 < px < w-1: px += 0.25 * sign(heatmap[k, py, px+1] - "
+            "heatmap[k, py, px-1]), and likewise for py",
             "to input pixels: x_in = (px + 0.5) * sx - 0.5, y_in = (py + 0.5) * sy - 0.5 with "
             "sx = W / w, sy = H / h (the stride, 4)",
             "to the original image: [x, y] = A_inv @ [x_in, y_in, 1], the inverse of the crop "
@@ -122,6 +132,9 @@ def _pose_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "flip_test": "mirror the heatmaps of the flipped input along w and swap the "
                      "flip_pairs; no pixel shift is needed with this alignment",
         "score_threshold": task_info.get("score_threshold", 0.2),
+        "decoder": task_info.get("decoder", "dark"),
+        "target_sigma": task_info.get("sigma", 2.0),
+        "flip_test_in_checks": task_info.get("flip_test", True),
     }
     decoding.update(task_info.get("decoding", {}))
     return {

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
+    import torch
+    from torch import nn
 
 from converters.base import Artifact, ExportJob, Runner, Target
 from converters.metadata import (
@@ -30,6 +33,8 @@ OPSET = 17  # onnx2tf's Resize is exact at 17 and wrong for align_corners at >= 
 
 
 def _export(model: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
+    import torch
+
     was_training = model.training
     model.eval()
     try:
@@ -62,6 +67,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int],
     Raises:
         ExportError: the exporter failed.
     """
+    import torch
+
     path = Path(path)
     example = torch.rand(1, 3, *input_size)
     try:
@@ -79,10 +86,13 @@ def export_qdq_onnx(qat_model: nn.Module, path: str | Path, input_size: tuple[in
     The model is first stripped to ``torch.ao`` FakeQuantize modules: the unstripped
     one exports ``org.openvinotoolkit::FakeQuantize``, which only OpenVINO reads.
     """
-    nncf = require("nncf", "qat")
+    import torch
+
+    require("nncf", "qat")
+    from quantization.strip import strip_native
+
     example = torch.rand(1, 3, *input_size)
-    stripped = nncf.strip(qat_model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
-                          example_input=example)
+    stripped = strip_native(qat_model, example)
     path = Path(path)
     with atomic_path(path) as tmp:
         _export(stripped, tmp, example, opset)
@@ -143,6 +153,8 @@ class OnnxTarget(Target):
     modules = ("onnx", "onnxruntime")
 
     def export(self, job: ExportJob) -> Artifact:
+        import torch
+
         if job.precision not in self.precisions:
             raise unknown_choice("onnx precision", job.precision, self.precisions)
         onnx = require("onnx", self.extra)

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
+    import torch
 
 from converters.base import Artifact, ExportJob, Runner, Target
 from converters.metadata import (
@@ -42,6 +45,8 @@ RUN_HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
 
 def _convert(model: torch.nn.Module, input_size: tuple[int, int]):
     """ov.convert_model by tracing, with the model in eval mode (restored after)."""
+    import torch
+
     ov = require("openvino", "openvino")
     was_training = model.training
     model.eval()

@@ -50,7 +50,8 @@ class CheckContext:
         from hrnet_edge.evaluation.pose import evaluate_pose
 
         return evaluate_pose(runner, self.val_ds, batch_size=batch_size, keep_heatmaps=True,
-                             max_images=self.cfg.check.eval_images)
+                             max_images=self.cfg.check.eval_images,
+                             flip_test=self.cfg.eval.flip_test, decoder=self.cfg.eval.decoder)
 
     def reference_path(self, precision: str) -> Path:
         return self.run.checks / f"pytorch-{precision}.npz"
@@ -98,17 +99,17 @@ class CheckContext:
 
 def load_context(run: RunDir, cfg: RunConfig) -> CheckContext:
     """Build the check context of a run (the validation split; models load on demand)."""
-    import torch
-
     from hrnet_edge.training.pose_task import build_dataset, data_root
 
-    torch.set_num_threads(cfg.check.threads)
     val = build_dataset(data_root(run, cfg), cfg.data.val_split, cfg, train=False)
     return CheckContext(run=run, cfg=cfg, val_ds=val)
 
 
 def pytorch_runner(ctx: CheckContext, precision: str):
     """The PyTorch model itself as a runner: fp32 (float) or int8 (NNCF fake-quant)."""
+    import torch
+
     from hrnet_edge.training.pose_task import torch_infer
 
+    torch.set_num_threads(ctx.cfg.check.threads)
     return torch_infer(ctx.qat_model if precision == "int8" else ctx.float_model)

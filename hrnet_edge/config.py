@@ -16,6 +16,7 @@ from hrnet_edge.errors import ConfigError, unknown_choice
 
 TASKS = ("pose", "seg", "det", "cls")
 UPSAMPLE_MODES = ("nearest", "bilinear")
+POSE_HEADS = ("v1", "v2")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class ModelConfig:
         num_outputs: keypoints (pose), classes (seg, det, cls).
         input_size: default (height, width).
         head_channels: channels of the detection pyramid and tower.
+        pose_head: ``"v1"``, the papers' pose head (a 1x1 conv on the high-resolution
+            stream), or ``"v2"``, a 1x1 conv on the HRNetV2 representation (all four
+            streams upsampled and concatenated). The edge widths use ``"v2"``: from W8's
+            8 high-resolution channels a 1x1 conv can only make heatmaps that lie in an
+            8-dimensional space, fewer than the 17 keypoints, and a trained W8 then put
+            wrists on elbows and hips (see the README's figures).
         head_upsample_mode / head_align_corners: how the V2/V2p heads bring lower
             branches up to the highest resolution (bilinear in the papers).
         normalize_in_graph: when True the model takes RGB in 0..1 and applies
@@ -87,6 +94,7 @@ class ModelConfig:
     num_outputs: int
     input_size: tuple[int, int]
     head_channels: int = 256
+    pose_head: str = "v1"
     det_levels: int = 4
     head_upsample_mode: str = "bilinear"
     head_align_corners: bool = False
@@ -107,6 +115,8 @@ class ModelConfig:
             raise ConfigError(f"input_size must be positive multiples of 32, got {self.input_size}")
         if self.head_upsample_mode not in UPSAMPLE_MODES:
             raise unknown_choice("head_upsample_mode", self.head_upsample_mode, UPSAMPLE_MODES)
+        if self.pose_head not in POSE_HEADS:
+            raise unknown_choice("pose_head", self.pose_head, POSE_HEADS)
         if not 1 <= self.det_levels <= 5:
             raise ConfigError("det_levels must be between 1 and 5")
 
@@ -229,6 +239,7 @@ def _build_table() -> dict[str, ModelConfig]:
                 defaults["input_size"] = pub["input_size"]
             if width_name in EDGE_WIDTHS:
                 defaults["head_channels"] = 64
+                defaults["pose_head"] = "v2"
             table[name] = ModelConfig(
                 name=name, width_name=width_name, task=task, backbone=backbone,
                 published_params_m=pub.get("params"), published_gflops=pub.get("gflops"),

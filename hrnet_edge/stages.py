@@ -37,13 +37,22 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = pri
     from quantization import finetune, quantize_model, save_qat
 
     torch.manual_seed(cfg.train.seed)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+
     model, sha = load_trained(run, cfg)
     train_ds, val_ds = pose_task.datasets(run, cfg)
     calib = pose_task.calibration_images(train_ds, cfg.qat.calibration_images, seed=cfg.data.seed)
-    t0 = time.time()
-    fp32 = pose_task.evaluate_model(model, val_ds)
+    lap("load")
+    fp32 = pose_task.evaluate_model(model, val_ds, cfg)
+    lap("eval_fp32")
     qm = quantize_model(model, calib)
-    ptq = pose_task.evaluate_model(qm, val_ds)
+    lap("nncf_quantize")
+    ptq = pose_task.evaluate_model(qm, val_ds, cfg)
+    lap("eval_ptq")
     log(f"[qat] FP32 AP {fp32['AP']:.4f}; INT8 after NNCF init (PTQ) AP {ptq['AP']:.4f}")
     history = []
     if cfg.qat.epochs > 0:
@@ -52,11 +61,16 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = pri
         losses = finetune(qm, loader, lambda out, batch: heatmap_mse(out, batch[1], batch[2]),
                           epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress)
         history = [{"epoch": i + 1, "train_loss": float(v)} for i, v in enumerate(losses)]
-    qat = pose_task.evaluate_model(qm, val_ds)
+    lap("finetune")
+    qat = pose_task.evaluate_model(qm, val_ds, cfg)
+    lap("eval_qat")
     log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) AP {qat['AP']:.4f}")
     save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
+    lap("save")
+    log("[qat] seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     result = {"fp32": fp32, "ptq": ptq, "qat": qat, "history": history, "source_checkpoint_sha256": sha,
-              "calibration_images": int(len(calib)), "seconds": round(time.time() - t0, 1)}
+              "calibration_images": int(len(calib)), "seconds": round(time.time() - t0, 1),
+              "timings_s": timings}
     write_json(run.qat_dir / "metrics.json", result)
     return result
 
@@ -79,12 +93,70 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = pr
     from converters.export_jobs import JobFactory
 
     run.best_checkpoint()  # no trained model: a clear error, not a column of skipped rows
-    factory = JobFactory(run, cfg)
-    rows = []
-    for target_name, precision in planned_exports(cfg):
-        rows.append(_export_one(factory, target_name, precision, force, log))
+    pairs = planned_exports(cfg)
+    side = [p for p in pairs if p[0] in SIDE_TARGETS] if cfg.export.parallel else []
+    worker = _start_export_worker(run, side, force) if side and len(side) < len(pairs) else None
+    done = {}
+    try:
+        factory = JobFactory(run, cfg)
+        for pair in pairs:
+            if worker is None or pair not in side:
+                done[pair] = _export_one(factory, *pair, force, log)
+    except BaseException:
+        if worker is not None:
+            worker[0].terminate()
+        raise
+    if worker is not None:
+        done.update(_finish_export_worker(run, worker, side, log))
+    rows = [done[p] for p in pairs]
     write_json(run.exports / "index.json", rows)
     return rows
+
+
+# Exports that run in a second process beside the others. Exporting is mostly
+# single-threaded Python (graph capture and rewriting); ExecuTorch's lowering alone
+# takes about as long as all the other targets together, so on a 2-core machine the
+# stage's wall time nearly halves. The per-artifact seconds are then measured while
+# the other process runs.
+SIDE_TARGETS = ("executorch",)
+
+
+def _start_export_worker(run: RunDir, pairs: list[tuple[str, str]], force: bool):
+    out = run.exports / ".worker-rows.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "hrnet_edge.stages", "export-worker", str(run.root), str(out)]
+    cmd += (["--force"] if force else []) + [f"{t}:{p}" for t, p in pairs]
+    return subprocess.Popen(cmd), out
+
+
+def _finish_export_worker(run: RunDir, worker, pairs, log: Log) -> dict:
+    proc, out = worker
+    rc = proc.wait()
+    rows = {(r["target"], r["precision"]): r for r in read_json(out)} if out.is_file() else {}
+    out.unlink(missing_ok=True)
+    for t, p in pairs:
+        if (t, p) not in rows:  # the worker died before this export reported
+            reason = f"export worker process exited with status {rc} before reporting"
+            log(f"[export] {t}-{p}: failed ({reason})")
+            rows[(t, p)] = {"target": t, "precision": p, "status": "failed", "reason": reason}
+    return rows
+
+
+def _export_worker_main(argv: list[str]) -> int:
+    """``python -m hrnet_edge.stages export-worker RUN OUT [--force] target:precision...``"""
+    from converters.export_jobs import JobFactory
+    from hrnet_edge.runs import open_run
+
+    run_root, out, rest = argv[0], Path(argv[1]), argv[2:]
+    force = "--force" in rest
+    pairs = [tuple(a.split(":", 1)) for a in rest if a != "--force"]
+    run, cfg = open_run(run_root)
+    factory = JobFactory(run, cfg)
+    rows = []
+    for t, p in pairs:
+        rows.append(_export_one(factory, t, p, force, lambda m: print(m, flush=True)))
+        write_json(out, rows)  # after each: a crash later keeps what was done
+    return 0
 
 
 def _export_one(factory, target_name: str, precision: str, force: bool, log: Log) -> dict:
@@ -138,8 +210,12 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
             return row
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
+    from hrnet_edge.omp import nncf_env
+
+    # INT8 checks may load the NNCF QAT model (the PyTorch INT8 reference).
+    env = nncf_env() if precision == "int8" else None
     proc = subprocess.run([sys.executable, "-m", "converters.check", str(run.root), target, precision],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if path.is_file():
         row = read_json(path)
     else:  # the process died before writing (e.g. a runtime crashed)
@@ -166,3 +242,9 @@ def _summary(row: dict, secs: float) -> str:
     if row.get("reason"):
         bits.append(f"({row['reason']})")
     return " ".join(bits) + f" [{secs:.0f}s]"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "export-worker":
+        sys.exit(_export_worker_main(sys.argv[2:]))
+    sys.exit(f"usage: python -m hrnet_edge.stages export-worker RUN OUT [--force] target:precision...")

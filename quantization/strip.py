@@ -38,8 +38,31 @@ def strip_native(qat_model: nn.Module, example_input: torch.Tensor) -> nn.Module
     nncf = require_nncf()
     stripped = nncf.strip(qat_model, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
                           example_input=example_input)
+    _convert_shared_quantizers(stripped)
     unfreeze_batchnorm(stripped)
     return stripped.eval()
+
+
+def _convert_shared_quantizers(model: nn.Module) -> None:
+    """Convert the NNCF quantizers ``nncf.strip`` left behind.
+
+    A quantizer shared by several hooks (NNCF gives the inputs of a concatenation one
+    unified scale, as in the V2 heads) is listed once by ``named_hooks()``, so NATIVE
+    stripping (nncf 3.4) swaps it at one hook and leaves the NNCF module at the others;
+    the ONNX export then holds an ``org.openvinotoolkit::FakeQuantize`` that ONNX Runtime
+    cannot run. Each shared quantizer becomes one torch FakeQuantize at all its hooks.
+    """
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+    from nncf.torch.quantization.strip import convert_to_torch_fakequantizer
+
+    storage = get_hook_storage(model)
+    converted: dict[int, nn.Module] = {}
+    for name, module in list(storage.named_hooks(remove_duplicate=False)):
+        if isinstance(module, BaseQuantizer):
+            if id(module) not in converted:
+                converted[id(module)] = convert_to_torch_fakequantizer(module)
+            storage.set_submodule(name, converted[id(module)])
 
 
 def strip_to_float(qat_model: nn.Module, example_input: torch.Tensor,

@@ -65,13 +65,27 @@ def test_gradients_reach_every_branch(task):
         assert g > 0, f"branch {i} gets no gradient"
 
 
-def test_pose_uses_only_high_resolution_output():
-    model = create_model("hrnet_w8_pose")
-    last = [m for m in model.modules() if isinstance(m, ExchangeModule)][-1]
-    assert len(last.fuse) == 1  # V1: the last fusion builds only the high-res output
-    seg = create_model("hrnet_w8_seg")
-    last = [m for m in seg.modules() if isinstance(m, ExchangeModule)][-1]
-    assert len(last.fuse) == 4  # V2: all four streams
+def _last_fuse(model):
+    return [m for m in model.modules() if isinstance(m, ExchangeModule)][-1].fuse
+
+
+def test_pose_heads_v1_and_v2():
+    # The papers' widths: V1, the last fusion builds only the high-resolution output.
+    w32 = create_model("hrnet_w32_pose")
+    assert w32.cfg.pose_head == "v1" and len(_last_fuse(w32)) == 1
+    assert w32.head.final.in_channels == 32
+    # The edge widths read all four streams (8+16+32+64 channels for W8): from 8
+    # channels alone, 17 heatmaps would be confined to an 8-dimensional space.
+    w8 = create_model("hrnet_w8_pose")
+    assert w8.cfg.pose_head == "v2" and len(_last_fuse(w8)) == 4
+    assert w8.head.final.in_channels == 120
+    w8v1 = create_model("hrnet_w8_pose", pose_head="v1")
+    assert len(_last_fuse(w8v1)) == 1 and w8v1.head.final.in_channels == 8
+    x = torch.rand(1, 3, 64, 64)
+    assert w8(x).shape == w8v1(x).shape == (1, 17, 16, 16)
+    assert len(_last_fuse(create_model("hrnet_w8_seg"))) == 4  # V2: all four streams
+    with pytest.raises(ConfigError, match="pose_head"):
+        get_config("hrnet_w8_pose", pose_head="v3")
 
 
 def test_overrides_replace_and_do_not_leak():

@@ -21,7 +21,7 @@ from hrnet_edge.data import (
     get_affine_transform,
     heatmap_to_input,
 )
-from hrnet_edge.data.heatmaps import warp_crop
+from hrnet_edge.data.heatmaps import input_to_heatmap, warp_crop
 from hrnet_edge.errors import DataError
 
 K = 17
@@ -76,10 +76,44 @@ def test_heatmap_round_trip_is_subpixel():
     joints = np.stack([rng.uniform(8, 88, K), rng.uniform(8, 120, K)], 1)
     target, weight = gaussian_targets(joints, np.full(K, 2), input_size, hm_size, sigma=2.0)
     assert target.shape == (K, 32, 24) and target.dtype == np.float32 and weight.min() == 1
-    coords, maxvals = decode_heatmaps(target[None])
+    coords, maxvals = decode_heatmaps(target[None], "quarter")
     err = np.abs(heatmap_to_input(coords[0], input_size, hm_size) - joints) / 4.0
     assert err.max() <= 0.26  # the quarter-pixel refinement, in heatmap pixels
     assert maxvals.min() > 0.88
+
+
+def test_dark_decoding_recovers_the_centre():
+    """On an ideal target the log of the (blurred) map is exactly quadratic, so DARK
+    returns the true centre, not the quarter-pixel approximation."""
+    rng = np.random.default_rng(2)
+    input_size, hm_size = (128, 96), (32, 24)
+    # Peaks at least 3 sigma from the border: there the edge-replicated blur is exact.
+    joints = np.stack([rng.uniform(26, 70, K), rng.uniform(26, 102, K)], 1)
+    target, _ = gaussian_targets(joints, np.full(K, 2), input_size, hm_size, sigma=2.0)
+    truth = input_to_heatmap(joints, input_size, hm_size)
+    dark, peak = decode_heatmaps(target[None], "dark", sigma=2.0)
+    quarter, _ = decode_heatmaps(target[None], "quarter")
+    assert np.abs(dark[0] - truth).max() < 1e-3
+    assert np.abs(quarter[0] - truth).max() > 0.05  # the baseline really is coarser
+    np.testing.assert_allclose(peak[0, :, 0], target.reshape(K, -1).max(1))
+    # Noise on the map: DARK stays closer than the quarter shift on average.
+    noisy = target + rng.normal(0, 0.02, target.shape).astype(np.float32)
+    d = np.abs(decode_heatmaps(noisy[None], "dark")[0][0] - truth).mean()
+    q = np.abs(decode_heatmaps(noisy[None], "quarter")[0][0] - truth).mean()
+    assert d < q
+
+
+def test_dark_decoding_edge_cases():
+    hm = np.zeros((1, 3, 16, 12), np.float32)
+    hm[0, 1, 0, 0] = 1.0  # a peak in the corner: no refinement, integer position
+    hm[0, 2, 5, 6] = 1.0  # a single hot pixel: symmetric, stays put
+    coords, peak = decode_heatmaps(hm, "dark")
+    assert np.isfinite(coords).all()
+    np.testing.assert_allclose(coords[0, 1], [0, 0])
+    np.testing.assert_allclose(coords[0, 2], [6, 5], atol=1e-6)
+    assert peak[0, 0, 0] == 0 and peak[0, 2, 0] == 1
+    with pytest.raises(ValueError, match="valid: dark, quarter"):
+        decode_heatmaps(hm, "soft-argmax")
 
 
 def test_heatmap_weights_follow_visibility_and_bounds():
@@ -232,6 +266,20 @@ def test_generator_is_idempotent_and_atomic(tmp_path):
     (user / "mine.txt").write_text("keep")
     with pytest.raises(DataError, match="not written by"):
         _small(user)
+
+
+def test_later_stages_never_regenerate(tmp_path):
+    """reuse_only (every stage after training): a dataset this code would now draw
+    differently is an error, not silently new validation images under a trained model."""
+    with pytest.raises(DataError, match="run the train stage first"):
+        _small(tmp_path / "r", reuse_only=True)
+    assert not (tmp_path / "r").exists()
+    paths = _small(tmp_path / "r")
+    stamp = paths["val_ann"].stat().st_mtime_ns
+    assert _small(tmp_path / "r", reuse_only=True) == paths  # same parameters: reused
+    with pytest.raises(DataError, match=r"different seed \(seed=5\).*seed=6"):
+        _small(tmp_path / "r", seed=6, reuse_only=True)
+    assert paths["val_ann"].stat().st_mtime_ns == stamp
 
 
 def test_generator_rejects_bad_parameters(tmp_path):

@@ -36,6 +36,8 @@ def test_toml_config(tmp_path):
     ({"train": {"epoch": 3}}, "epoch"),
     ({"model": "hrnet_w8_psoe"}, "hrnet_w8_pose"),
     ({"model_overrides": {"widht": 4}}, "widht"),
+    ({"eval": {"decoder": "argmax"}}, "valid: dark, quarter"),
+    ({"eval": {"flip_test": "yes"}}, "flip_test must be true or false"),
 ])
 def test_bad_config_keys(data, match):
     with pytest.raises(ConfigError, match=match):

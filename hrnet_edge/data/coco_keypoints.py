@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from torch.utils.data import Dataset, get_worker_info
 
 from hrnet_edge.data.heatmaps import (compose_affine, affine_points, gaussian_targets,
                                       get_affine_transform, hflip_affine, warp_crop)
@@ -83,8 +82,11 @@ def box_to_center_scale(bbox: Sequence[float], aspect: float,
     return center, np.array([w * padding, h * padding], dtype=np.float32)
 
 
-class CocoKeypoints(Dataset):
+class CocoKeypoints:
     """Top-down pose dataset over a COCO keypoints file.
+
+    A map-style dataset (``__len__``/``__getitem__``) that a torch ``DataLoader`` takes
+    as it is; it does not import torch, so checking an exported model needs no torch.
 
     Args:
         ann_file: ``person_keypoints_*.json``.
@@ -270,6 +272,8 @@ class CocoKeypoints(Dataset):
         Forked workers would otherwise all inherit one generator state and repeat each
         other's augmentations.
         """
+        from torch.utils.data import get_worker_info
+
         info = get_worker_info()
         key = None if info is None else (info.id, info.seed)
         if key != self._rng_key:

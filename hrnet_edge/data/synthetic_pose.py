@@ -79,7 +79,8 @@ def _paths(root: Path) -> dict[str, Path]:
 
 def generate_synthetic_pose(root: str | os.PathLike, num_train: int = 1000, num_val: int = 200,
                             image_size: tuple[int, int] = (240, 320), seed: int = 0,
-                            jpeg_quality: int = 92, workers: int | None = None) -> dict[str, Path]:
+                            jpeg_quality: int = 92, workers: int | None = None,
+                            reuse_only: bool = False) -> dict[str, Path]:
     """Generate (or reuse) the synthetic COCO-format pose dataset under ``root``.
 
     Writes ``images/{train2017,val2017}/*.jpg``, ``annotations/person_keypoints_*.json``
@@ -94,6 +95,9 @@ def generate_synthetic_pose(root: str | os.PathLike, num_train: int = 1000, num_
         seed: base seed; the same seed gives byte-identical files.
         jpeg_quality: JPEG quality 1-100.
         workers: processes used to render (default: up to 2); output is independent of it.
+        reuse_only: never (re)generate; a missing or different dataset is a DataError.
+            Stages after training use it, so that a model is never checked on images
+            other than the ones its run was trained and validated with.
 
     Returns:
         dict with ``root``, ``train_images``, ``val_images``, ``train_ann``, ``val_ann``
@@ -120,9 +124,19 @@ def generate_synthetic_pose(root: str | os.PathLike, num_train: int = 1000, num_
             existing = None
         if existing == params:
             return paths
+        if reuse_only and existing is not None:
+            changed = sorted(k for k in params if existing.get(k) != params[k])
+            raise DataError(f"the synthetic dataset in {root} was made with different "
+                            f"{', '.join(changed)} ({', '.join(f'{k}={existing.get(k)!r}' for k in changed)}) "
+                            f"than this code and configuration would make now "
+                            f"({', '.join(f'{k}={params[k]!r}' for k in changed)}); later stages "
+                            f"never regenerate it: start a new run directory to retrain")
         if existing is None and any(root.iterdir()):
             raise DataError(f"{root} exists and was not written by the synthetic pose generator "
                             f"(no readable generator.json); choose an empty or new folder")
+    if reuse_only:
+        raise DataError(f"the run's synthetic dataset is missing from {root}; run the train "
+                        f"stage first (it generates the dataset)")
     workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))

@@ -203,17 +203,21 @@ def keypoint_agreement(kps_a: np.ndarray, kps_b: np.ndarray, bbox_sizes: np.ndar
 
 
 def _infer_instances(infer, dataset, idx, arrays, batch_size, flip_test, pad_last, progress,
-                     keep_heatmaps):
+                     keep_heatmaps, decoder):
     """Image coordinates (N, K, 2), peaks (N, K, 1) and optionally heatmaps of instances."""
-    # Crop, infer and decode batch by batch: COCO val holds 6k people, whose crops and
-    # heatmaps together would not fit in memory at once.
+    # Crop, infer and decode chunk by chunk: COCO val holds 6k people, whose crops and
+    # heatmaps together would not fit in memory at once. Decoding works on whole chunks
+    # even when the artifact takes one image per call.
     flip_perm = dataset.flip_perm if flip_test else None
     fixed = batch_size if pad_last else None
+    chunk = max(batch_size, 64)
     xy, maxvals, kept = [], [], []
-    for s in _batches(len(idx), batch_size, progress):
-        sel = idx[s:s + batch_size]
-        hm = _predict_batch(infer, dataset.stack_images(sel), flip_perm, fixed)
-        coords, peak = decode_heatmaps(hm)
+    for s in _batches(len(idx), chunk, progress):
+        sel = idx[s:s + chunk]
+        images = dataset.stack_images(sel)
+        hm = np.concatenate([_predict_batch(infer, images[b:b + batch_size], flip_perm, fixed)
+                             for b in range(0, len(sel), batch_size)])
+        coords, peak = decode_heatmaps(hm, decoder, getattr(dataset, "sigma", 2.0))
         xy.append(heatmap_to_image(coords, arrays["center"][sel], arrays["scale"][sel],
                                    dataset.input_size, hm.shape[2:]))
         maxvals.append(peak)
@@ -224,12 +228,13 @@ def _infer_instances(infer, dataset, idx, arrays, batch_size, flip_test, pad_las
 
 def evaluate_pose(infer: InferFn, dataset, batch_size: int = 32, flip_test: bool = False,
                   progress: bool = False, keep_heatmaps: bool = False, pad_last: bool = False,
-                  max_images: int | None = None) -> PoseEvalResult:
+                  max_images: int | None = None, decoder: str = "dark") -> PoseEvalResult:
     """Evaluate a heatmap callable on a :class:`~hrnet_edge.data.CocoKeypoints` dataset.
 
     Crops every annotated person from its ground-truth box (no augmentation), runs
-    ``infer``, decodes heatmaps (argmax + quarter-pixel shift), maps them back to image
-    coordinates and scores them with COCOeval's OKS and with PCK.
+    ``infer``, decodes heatmaps (:func:`~hrnet_edge.data.heatmaps.decode_heatmaps` with
+    ``decoder``, at the dataset's target sigma), maps them back to image coordinates and
+    scores them with COCOeval's OKS and with PCK.
 
     Args:
         infer: ``(N, 3, H, W) float32 RGB 0..1 -> (N, K, h, w)`` heatmaps (NumPy or
@@ -241,6 +246,8 @@ def evaluate_pose(infer: InferFn, dataset, batch_size: int = 32, flip_test: bool
         keep_heatmaps: store the raw heatmaps in the result.
         pad_last: pad the last batch to ``batch_size`` (artifacts with a fixed batch).
         max_images: evaluate only the instances of the first ``max_images`` images.
+        decoder: ``"dark"`` (distribution-aware, default) or ``"quarter"`` (HRNet's
+            quarter-pixel shift).
 
     Returns:
         PoseEvalResult with the metrics and the decoded keypoints.
@@ -253,7 +260,7 @@ def evaluate_pose(infer: InferFn, dataset, batch_size: int = 32, flip_test: bool
     if len(idx) == 0:
         raise DataError(f"{dataset.ann_file} has no person instance to evaluate")
     xy, maxvals, heatmaps = _infer_instances(infer, dataset, idx, arrays, batch_size,
-                                             flip_test, pad_last, progress, keep_heatmaps)
+                                             flip_test, pad_last, progress, keep_heatmaps, decoder)
     kps = np.concatenate([xy, maxvals], axis=-1).astype(np.float32)
     peak = maxvals[..., 0]
     above = peak > KEYPOINT_SCORE_THRESHOLD

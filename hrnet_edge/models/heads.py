@@ -18,6 +18,20 @@ class PoseHead(nn.Module):
         return self.final(xs[0])
 
 
+class PoseHeadV2(nn.Module):
+    """Keypoint heatmaps from the HRNetV2 representation: all streams upsampled to
+    stride 4, concatenated, one 1x1 conv. Used by the edge widths, whose single
+    high-resolution stream is too narrow for 17 independent heatmaps."""
+
+    def __init__(self, channels: tuple[int, ...], num_keypoints: int, mode: str, align_corners: bool):
+        super().__init__()
+        self.concat = ConcatUp(mode, align_corners)
+        self.final = nn.Conv2d(sum(channels), num_keypoints, 1)
+
+    def forward(self, xs):
+        return self.final(self.concat(xs))
+
+
 class ConcatUp(nn.Module):
     """HRNetV2 representation: every branch upsampled to the highest resolution and
     concatenated along channels."""

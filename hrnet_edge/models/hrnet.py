@@ -6,7 +6,7 @@ from torch import nn
 
 from hrnet_edge.config import ModelConfig
 from hrnet_edge.models.backbone import HRNetBackbone
-from hrnet_edge.models.heads import ClsHead, DetHead, PoseHead, SegHead
+from hrnet_edge.models.heads import ClsHead, DetHead, PoseHead, PoseHeadV2, SegHead
 
 
 class Normalize(nn.Module):
@@ -33,10 +33,13 @@ class HRNet(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.normalize = Normalize(cfg.mean, cfg.std) if cfg.normalize_in_graph else nn.Identity()
-        self.backbone = HRNetBackbone(cfg.backbone, multi_scale_output=cfg.task != "pose")
+        v1_pose = cfg.task == "pose" and cfg.pose_head == "v1"
+        self.backbone = HRNetBackbone(cfg.backbone, multi_scale_output=not v1_pose)
         ch = self.backbone.out_channels
-        if cfg.task == "pose":
+        if v1_pose:
             self.head = PoseHead(ch, cfg.num_outputs)
+        elif cfg.task == "pose":
+            self.head = PoseHeadV2(ch, cfg.num_outputs, cfg.head_upsample_mode, cfg.head_align_corners)
         elif cfg.task == "seg":
             self.head = SegHead(ch, cfg.num_outputs, cfg.head_upsample_mode, cfg.head_align_corners)
         elif cfg.task == "det":

@@ -51,7 +51,7 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
     Returns the final state (epoch, best metric, history).
     """
     torch.manual_seed(cfg.train.seed)
-    train_ds, val_ds = pose_task.datasets(run, cfg, progress)
+    train_ds, val_ds = pose_task.datasets(run, cfg, progress, generate=True)
     model = create_model(cfg.model, **cfg.model_overrides)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0}
@@ -74,7 +74,7 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
                             cfg, progress, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss}
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-            row.update(pose_task.evaluate_model(model, val_ds, batch_size=64))
+            row.update(pose_task.evaluate_model(model, val_ds, cfg, batch_size=64))
         row["seconds"] = round(time.time() - t0, 1)
         state["epoch"] = epoch + 1
         state["history"].append(row)

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch loads where a PyTorch model runs, not to read a run's data
+    from torch import nn
 
 from hrnet_edge.errors import DataError
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
 
 
-def data_root(run: RunDir, cfg: RunConfig, progress: bool = False) -> Path:
+def data_root(run: RunDir, cfg: RunConfig, progress: bool = False, generate: bool = False) -> Path:
     """The dataset root of a run: the user's COCO folder, or the built-in synthetic
-    dataset generated (once, seeded) inside the run directory."""
+    dataset inside the run directory. Only training (``generate=True``) may create it;
+    later stages refuse a dataset that this code would now draw differently."""
     if cfg.data.root is not None:
         root = Path(cfg.data.root)
         if not root.is_dir():
@@ -24,7 +28,8 @@ def data_root(run: RunDir, cfg: RunConfig, progress: bool = False) -> Path:
 
     d = cfg.data
     generate_synthetic_pose(run.data_dir, num_train=d.synthetic_train_images, num_val=d.synthetic_val_images,
-                            image_size=tuple(d.synthetic_image_size), seed=d.seed)
+                            image_size=tuple(d.synthetic_image_size), seed=d.seed,
+                            reuse_only=not generate)
     return run.data_dir
 
 
@@ -37,19 +42,23 @@ def build_dataset(root: Path, split: str, cfg: RunConfig, train: bool):
     if not ann.is_file():
         raise DataError(f"annotation file {ann} is missing (expected COCO layout: "
                         f"annotations/person_keypoints_<split>.json and images/<split>/)")
+    d = cfg.data
     return CocoKeypoints(str(ann), str(images), input_size=tuple(cfg.model_config().input_size),
-                         train=train, sigma=cfg.data.sigma)
+                         train=train, sigma=d.sigma, rotation=d.rotation,
+                         scale_factor=d.scale_factor, flip=d.flip)
 
 
-def datasets(run: RunDir, cfg: RunConfig, progress: bool = False):
+def datasets(run: RunDir, cfg: RunConfig, progress: bool = False, generate: bool = False):
     """(train, val) datasets of a run; the train one augments, the val one does not."""
-    root = data_root(run, cfg, progress)
+    root = data_root(run, cfg, progress, generate=generate)
     return (build_dataset(root, cfg.data.train_split, cfg, train=True),
             build_dataset(root, cfg.data.val_split, cfg, train=False))
 
 
 def torch_infer(model: nn.Module):
     """Wrap a PyTorch model as the numpy-in, numpy-out callable every evaluator takes."""
+    import torch
+
     model.eval()
 
     @torch.no_grad()
@@ -59,11 +68,13 @@ def torch_infer(model: nn.Module):
     return infer
 
 
-def evaluate_model(model: nn.Module, val_ds, batch_size: int = 32, progress: bool = False) -> dict:
-    """OKS AP / PCK of a PyTorch model on a validation dataset."""
+def evaluate_model(model: nn.Module, val_ds, cfg: RunConfig, batch_size: int = 32,
+                   progress: bool = False) -> dict:
+    """OKS AP / PCK of a PyTorch model on a validation dataset, decoded as ``cfg.eval`` says."""
     from hrnet_edge.evaluation.pose import evaluate_pose
 
-    return evaluate_pose(torch_infer(model), val_ds, batch_size=batch_size, progress=progress).metrics
+    return evaluate_pose(torch_infer(model), val_ds, batch_size=batch_size, progress=progress,
+                         flip_test=cfg.eval.flip_test, decoder=cfg.eval.decoder).metrics
 
 
 def calibration_images(train_root_ds, n: int, seed: int = 0) -> np.ndarray:
