@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hrnet_edge.io import read_json, size_bytes, write_json
+from hrnet_edge.io import read_json, sha256_file, size_bytes, write_json
 from converters.thresholds import THRESHOLDS, failures
 
 
@@ -54,6 +54,53 @@ def measure_latency(runner, x: np.ndarray, warmup: int, iterations: int) -> dict
             "warmup": warmup}
 
 
+INSPECT_FILE = "inspect.json"
+
+
+def artifact_files(art_dir: Path) -> list[Path]:
+    """The files (or package folder) of the model in an export folder: one, or two for
+    OpenVINO's model.xml + model.bin (the .xml first)."""
+    files = [p for p in Path(art_dir).iterdir() if p.name.startswith("model")]
+    return sorted(files, key=lambda p: (p.suffix == ".bin", p.name))
+
+
+def artifact_file(art_dir: Path) -> Path:
+    """The file an app opens (OpenVINO: model.xml, which names its .bin)."""
+    return artifact_files(art_dir)[0]
+
+
+def _artifact_hash(art_dir: Path) -> str:
+    return "".join(sha256_file(p) for p in artifact_files(art_dir))
+
+
+def save_inspection(target, art_dir: Path) -> None:
+    """Record ``target.inspect`` beside a fresh artifact, keyed by the artifact's hash.
+
+    The export process has the converter loaded already; a check process would need
+    to import it again only to read a spec (coremltools pulls in torch, TensorFlow
+    and ExecuTorch: about 20 s per Core ML check on 2 cores).
+    """
+    art_dir = Path(art_dir)
+    (art_dir / INSPECT_FILE).unlink(missing_ok=True)
+    try:
+        facts = target.inspect(art_dir)
+    except Exception:  # noqa: BLE001 - the check inspects again and reports the error there
+        return
+    write_json(art_dir / INSPECT_FILE, {"artifact_sha256": _artifact_hash(art_dir), "inspect": facts})
+
+
+def inspection(target, art_dir: Path) -> dict[str, Any]:
+    """The artifact's inspection: the recorded one when it matches the artifact's hash,
+    else computed now."""
+    art_dir = Path(art_dir)
+    cached = art_dir / INSPECT_FILE
+    if cached.is_file():
+        data = read_json(cached)
+        if data.get("artifact_sha256") == _artifact_hash(art_dir):
+            return data["inspect"]
+    return target.inspect(art_dir)
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -79,9 +126,10 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         art_dir = run.export_dir(target, precision)
         meta = read_json(art_dir / "metadata.json")
         source = meta.get("source_model", "fp32")
-        model_file = next(p for p in art_dir.iterdir() if p.name.startswith("model"))
-        row.update(artifact=str(model_file.relative_to(run.root)), size_bytes=size_bytes(model_file),
-                   inspect=tgt.inspect(art_dir))
+        model_file = artifact_file(art_dir)
+        row.update(artifact=str(model_file.relative_to(run.root)),
+                   size_bytes=sum(size_bytes(p) for p in artifact_files(art_dir)),
+                   inspect=inspection(tgt, art_dir))
         ok, reason = tgt.runnable()
         if not ok:
             row.update(status="not_runnable", reason=reason)

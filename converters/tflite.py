@@ -69,12 +69,27 @@ def _quiet_in(workdir: Path, log_path: Path) -> Iterator[None]:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield
         finally:
+            _detach_log_handlers(log)
             os.chdir(old_cwd)
             log.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _detach_log_handlers(stream) -> None:
+    """Point logging handlers created during the redirect (TensorFlow's, absl's) back
+    at stderr: left on the closed log file, a later warning from any library printed
+    'Logging error ... I/O operation on closed file' instead of its message."""
+    import logging
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                        if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream:
+                h.setStream(sys.stderr)
 
 
 def _log_error(log_path: Path, limit: int = 1500) -> str:

@@ -57,7 +57,3 @@ def unknown_choice(kind: str, value: str, valid: Iterable[str]) -> ConfigError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     shown = ", ".join(valid[:12]) + (" ..." if len(valid) > 12 else "")
     return ConfigError(f"unknown {kind} {value!r}.{hint} Valid: {shown}")
-
-
-class StageFailed(HRNetEdgeError, RuntimeError):
-    """A stage run in a child process failed (its own message was printed above)."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -81,43 +79,15 @@ def cmd_qat(args) -> int:
     if (run.qat_dir / "metrics.json").is_file() and not args.force:
         print(f"[qat] {run.qat_dir} exists; --force to redo")
         return 0
-    if _needs_child():
-        _run_child("qat", run, args, ["--force"])
-        return 0
     _threads(cfg)
     stage_qat(run, cfg, progress=not args.no_progress)
     return 0
-
-
-def _needs_child() -> bool:
-    """Stages that load NNCF (QAT, and exports of the QAT model) need passive OpenMP
-    waiting, which only a new process can get (see :mod:`hrnet_edge.omp`)."""
-    from hrnet_edge.omp import policy_is_passive
-
-    return not policy_is_passive()
-
-
-def _run_child(stage: str, run, args, extra: list[str], ok_codes=(0,)) -> int:
-    """Run ``hrnet-edge <stage>`` on ``run`` in a child process with passive OpenMP."""
-    from hrnet_edge.errors import StageFailed
-    from hrnet_edge.omp import nncf_env
-
-    cmd = [sys.executable, "-m", "hrnet_edge.cli", stage, "--run", str(run.root), *extra]
-    if args.no_progress:
-        cmd.append("--no-progress")
-    rc = subprocess.run(cmd, env=nncf_env()).returncode
-    if rc not in ok_codes:
-        raise StageFailed(f"the {stage} stage exited with status {rc} (its output is above)")
-    return rc
 
 
 def cmd_export(args) -> int:
     from hrnet_edge.stages import stage_export
 
     run, cfg = _init(args, allow_new=False)
-    if _needs_child():
-        extra = (["--targets", *args.targets] if args.targets else []) + (["--force"] if args.force else [])
-        return _run_child("export", run, args, extra, ok_codes=(0, 1))
     if args.targets:
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, targets=tuple(args.targets)))
     _threads(cfg)

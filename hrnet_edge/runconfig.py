@@ -45,9 +45,9 @@ class DataConfig:
 class TrainConfig:
     """FP32 training."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     seed: int = 0
@@ -58,7 +58,7 @@ class TrainConfig:
 class QatConfig:
     """NNCF quantization-aware training."""
 
-    calibration_images: int = 128
+    calibration_images: int = 64
     epochs: int = 1
     lr: float = 1e-5
     batch_size: int = 32

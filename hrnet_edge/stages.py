@@ -87,10 +87,24 @@ def planned_exports(cfg: RunConfig) -> list[tuple[str, str]]:
     return pairs
 
 
+def _quiet_exporters() -> None:
+    """Silence what the exporters print that a user can do nothing about."""
+    import os
+    import warnings
+
+    # TensorFlow's C++ start-up lines ("Could not find cuda drivers ..."): info only.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Deep copies of exported programs trip a torch deprecation inside torch itself.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
+                            category=FutureWarning)
+
+
 def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
     """Export every planned (target, precision); a missing backend or a failure becomes a
     row with its reason, never a crash. Returns one row per pair."""
     from converters.export_jobs import JobFactory
+
+    _quiet_exporters()
 
     run.best_checkpoint()  # no trained model: a clear error, not a column of skipped rows
     pairs = planned_exports(cfg)
@@ -147,6 +161,7 @@ def _export_worker_main(argv: list[str]) -> int:
     from converters.export_jobs import JobFactory
     from hrnet_edge.runs import open_run
 
+    _quiet_exporters()
     run_root, out, rest = argv[0], Path(argv[1]), argv[2:]
     force = "--force" in rest
     pairs = [tuple(a.split(":", 1)) for a in rest if a != "--force"]
@@ -175,6 +190,9 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
     try:
         job = factory.job(target_name, precision, out_dir)
         target.export(job)
+        from converters.check import save_inspection
+
+        save_inspection(target, out_dir)
     except (ExportError, MissingDependency, RunDirError) as exc:
         log(f"[export] {target_name}-{precision}: {type(exc).__name__}: {exc}")
         return {**row, "status": "skipped" if isinstance(exc, (MissingDependency, RunDirError)) else "failed",
@@ -210,12 +228,8 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
             return row
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
-    from hrnet_edge.omp import nncf_env
-
-    # INT8 checks may load the NNCF QAT model (the PyTorch INT8 reference).
-    env = nncf_env() if precision == "int8" else None
     proc = subprocess.run([sys.executable, "-m", "converters.check", str(run.root), target, precision],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True)
     if path.is_file():
         row = read_json(path)
     else:  # the process died before writing (e.g. a runtime crashed)

@@ -89,7 +89,10 @@ def test_spec_facts(packages, target, precision, dtype):
     assert facts["outputs"] == [{"name": "output", "kind": "multiArrayType", "shape": HEATMAPS,
                                  "dtype": dtype}]
     ops = facts["mil_ops"]
-    assert ops["conv"] >= 40 and ops["upsample_nearest_neighbor"] == 7
+    # nearest: the fuse layers (10 with the four-stream output of the V2 pose head);
+    # bilinear: the head bringing streams 2-4 up to stride 4
+    assert ops["conv"] >= 40 and ops["upsample_nearest_neighbor"] == 10
+    assert ops["upsample_bilinear"] == 3 and ops["concat"] == 1
     # In-graph normalization survives: (x/255 - mean) * (1/std) as sub/mul ops.
     assert ops.get("sub", 0) >= 1 and ops.get("mul", 0) >= 1
     assert facts["author"] == "hrnet-edge"

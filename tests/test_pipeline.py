@@ -48,11 +48,7 @@ def pipeline_run(tmp_path_factory):
     cfg = root / "tiny.toml"
     cfg.write_text(TINY)
     run = root / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        # As from a shell without OMP_WAIT_POLICY: QAT must then run in its own child
-        # process with passive OpenMP waiting (see hrnet_edge.omp).
-        mp.delenv("OMP_WAIT_POLICY", raising=False)
-        rc = main(["pipeline", "--config", str(cfg), "--run", str(run), "--no-progress"])
+    rc = main(["pipeline", "--config", str(cfg), "--run", str(run), "--no-progress"])
     return run, rc
 
 
@@ -60,7 +56,7 @@ def pipeline_run(tmp_path_factory):
 def test_pipeline_fills_every_row(pipeline_run):
     run, rc = pipeline_run
     report = read_json(run / "report.json")
-    qat = read_json(run / "qat" / "metrics.json")  # written by the QAT child process
+    qat = read_json(run / "qat" / "metrics.json")
     assert {"fp32", "ptq", "qat"} <= set(qat) and 0 <= qat["qat"]["AP"] <= 1
     rows = {(r["target"], r["precision"]): r for r in report["rows"]}
     assert set(rows) == ALL_ROWS
