@@ -128,9 +128,15 @@ def cmd_pipeline(args) -> int:
     print(f"[pipeline] run directory {run.root}, model {cfg.model} {dict(cfg.model_overrides)}")
     ns = argparse.Namespace(run=str(run.root), no_progress=args.no_progress, force=args.force,
                             targets=None, config=None)
-    cmd_train(ns)
-    cmd_qat(ns)
-    cmd_export(ns)
-    rc = cmd_check(ns)
-    print(f"[pipeline] done in {time.time() - t0:.0f} s; report: {run.report_md} (and report.json, pareto.png)")
+    seconds = {}
+    rc = 0
+    for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
+        t = time.time()
+        stage_rc = stage(ns)
+        seconds[name] = time.time() - t
+        if name == "check":
+            rc = stage_rc
+    split = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+    print(f"[pipeline] done in {time.time() - t0:.0f} s ({split}); report: {run.report_md} "
+          f"(and report.json, pareto.png)")
     return rc
