@@ -119,7 +119,14 @@ def test_evaluate_pose_with_oracle_heatmaps(dataset, batch_size, pad_last):
     arr = dataset.instance_arrays()
     err = np.abs(res.keypoints[..., :2] - arr["joints"])
     hm_pixel = 4 * arr["scale"][:, 0] / 96  # one heatmap pixel in image pixels
-    assert (err <= 0.26 * hm_pixel[:, None, None]).all()  # the quarter-pixel refinement
+    err = err / hm_pixel[:, None, None]
+    # DARK (the default): exact on ideal maps except within ~3 sigma of the border,
+    # where the edge-replicated smoothing bends the map (still under a quarter pixel).
+    assert err.max() <= 0.26 and np.median(err) < 0.01
+    quarter = evaluate_pose(_oracle(dataset)[0], dataset, batch_size=batch_size,
+                            pad_last=pad_last, decoder="quarter")
+    q_err = np.abs(quarter.keypoints[..., :2] - arr["joints"]) / hm_pixel[:, None, None]
+    assert q_err.max() <= 0.26 and np.median(q_err) > 5 * np.median(err)
 
 
 def test_evaluate_pose_subset_and_bad_output(dataset):
