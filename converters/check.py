@@ -126,9 +126,9 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         art_dir = run.export_dir(target, precision)
         meta = read_json(art_dir / "metadata.json")
         source = meta.get("source_model", "fp32")
-        model_file = artifact_file(art_dir)
-        row.update(artifact=str(model_file.relative_to(run.root)),
-                   size_bytes=sum(size_bytes(p) for p in artifact_files(art_dir)),
+        files = artifact_files(art_dir)
+        row.update(artifact=str(files[0].relative_to(run.root)),
+                   size_bytes=sum(size_bytes(p) for p in files),
                    inspect=inspection(tgt, art_dir))
         ok, reason = tgt.runnable()
         if not ok:

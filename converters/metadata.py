@@ -18,9 +18,7 @@ import importlib.metadata as _md
 import json
 import platform
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     from torch import nn

@@ -1,6 +1,7 @@
 """report.json, report.md and pareto.png from the check rows of a run."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,15 @@ STATUS_TEXT = {"passed": "passed", "failed": "FAILED", "skipped": "skipped", "no
 def build_report(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write report.json, report.md and pareto.png; return the report dict."""
     env = read_json(run.env_path) if run.env_path.is_file() else {}
-    cfg = read_json(run.config_path)
+    from hrnet_edge.runconfig import run_config_from_dict
+
+    cfg = run_config_from_dict(read_json(run.config_path))
     qat = read_json(run.qat_dir / "metrics.json") if (run.qat_dir / "metrics.json").is_file() else None
     report = {
         "run": str(run.root),
-        "model": cfg.get("model"),
-        "input_size": cfg.get("model_overrides", {}).get("input_size"),
-        "eval": cfg.get("eval", {"flip_test": True, "decoder": "dark"}),
+        "model": cfg.model,
+        "input_size": list(cfg.model_config().input_size),
+        "eval": dataclasses.asdict(cfg.eval),
         "machine": {k: env.get(k) for k in ("processor", "cpu_count", "platform")},
         "versions": env.get("versions", {}),
         "qat": qat and {k: qat[k]["AP"] for k in ("fp32", "ptq", "qat")},
@@ -49,10 +52,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(f"Host: {m.get('processor')} ({m.get('cpu_count')} cores); latency at a fixed thread count, "
                  "batch 1, after warm-up. Parity is against the PyTorch model each artifact came from "
                  "(`reference`: fp32 = the trained float model, qat = the NNCF QAT model).")
-    ev = report.get("eval") or {}
-    lines.append(f"\nOKS AP on the validation split, keypoints decoded with `{ev.get('decoder', 'dark')}`"
-                 f"{', flip test on' if ev.get('flip_test', True) else ', no flip test'}"
-                 f"; input {report.get('input_size') or 'default'}.")
+    ev = report["eval"]
+    lines.append(f"\nOKS AP on the validation split, keypoints decoded with `{ev['decoder']}`"
+                 f"{', flip test on' if ev['flip_test'] else ', no flip test'}"
+                 f"; input {report['input_size']}.")
     if report.get("qat"):
         q = report["qat"]
         lines.append(f"\nOKS AP in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}, "

@@ -37,11 +37,13 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = pri
     from quantization import finetune, quantize_model, save_qat
 
     torch.manual_seed(cfg.train.seed)
-    t0 = time.time()
+    t0 = mark = time.time()
     timings: dict[str, float] = {}
 
     def lap(name: str) -> None:
-        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+        nonlocal mark
+        now = time.time()
+        timings[name], mark = round(now - mark, 1), now
 
     model, sha = load_trained(run, cfg)
     train_ds, val_ds = pose_task.datasets(run, cfg)

@@ -163,11 +163,7 @@ def decode_heatmaps(heatmaps: np.ndarray, method: str = "dark",
     if method != "quarter":
         raise ValueError(f"unknown heatmap decoder {method!r}; valid: {', '.join(DECODERS)}")
     n, k, h, w = hm.shape
-    flat = hm.reshape(n, k, h * w)
-    idx = flat.argmax(axis=2)
-    maxvals = np.take_along_axis(flat, idx[..., None], axis=2)
-    px = (idx % w).astype(np.int64)
-    py = (idx // w).astype(np.int64)
+    px, py, maxvals = _argmax(hm)
     coords = np.stack([px, py], axis=-1).astype(np.float32)
     # Neighbour differences, only where both neighbours exist (as the HRNet reference).
     ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
@@ -182,6 +178,7 @@ def decode_heatmaps(heatmaps: np.ndarray, method: str = "dark",
 
 
 def _argmax(hm: np.ndarray):
+    """Integer peak column, row and peak value (N, K, 1) of each (N, K, h, w) map."""
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, h * w)
     idx = flat.argmax(axis=2)
