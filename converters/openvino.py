@@ -80,6 +80,9 @@ def read_embedded_metadata(xml_path: str | Path) -> dict[str, Any]:
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
 
 
+_KERNEL_TYPES = {"f32", "bf16", "f16", "i8", "u8"}
+
+
 class OpenVinoRunner(Runner):
     """An IR compiled for the CPU plugin with a fixed precision hint and thread count.
 
@@ -119,6 +122,26 @@ class OpenVinoRunner(Runner):
 
     def set_threads(self, n: int) -> None:
         self._compile(n)
+
+    def executed_precisions(self, layer_type: str = "Convolution") -> dict[str, int]:
+        """How many ``layer_type`` nodes of the compiled graph run in each precision.
+
+        Read from the plugin's execution graph, i.e. what the kernels really do, not
+        what was asked: e.g. ``{"bf16": 72}`` on a CPU with BF16 units under the bf16
+        hint, ``{"f32": 72}`` on one without. The kernel name's type suffix
+        (``brgconv_avx512_f32``, ``..._bf16``, ``..._I8``) is the compute type;
+        ``runtimePrecision`` names the weights' type instead (``f16`` for an fp16 IR
+        computed in f32), so it is used only when the kernel name carries no type.
+        """
+        counts: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) != layer_type:
+                continue
+            suffix = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower()
+            precision = suffix if suffix in _KERNEL_TYPES else info["runtimePrecision"].astype(str)
+            counts[precision] = counts.get(precision, 0) + 1
+        return counts
 
 
 class OpenVinoTarget(Target):

@@ -10,6 +10,10 @@ import os as _os
 # the QAT stage healthy. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# NNCF's compiled kernels are built into this venv, not into a cache shared by all venvs.
+from hrnet_edge.deps import configure_extensions_dir as _configure_extensions_dir
+
+_configure_extensions_dir()
 # The model exports load torch on first use, so that tools which only read a run or run
 # an exported artifact (the checks of ONNX, OpenVINO and TFLite files) never import it.
 from hrnet_edge.config import ModelConfig, get_config

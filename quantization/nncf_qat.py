@@ -46,10 +46,17 @@ def require_nncf():
     60 s (``NNCF_EXTENSION_LOAD_TIMEOUT``); on a 2-core machine the build took about
     3 minutes, so the default made the first QAT run fail. Its pure-torch fallback goes
     through torch.compile and was slower still (77 s for the first backward). A value
-    the user has set is kept.
+    the user has set is kept. The extension is loaded here, once per process
+    (:func:`quantization.nncf_extension.ensure_extension`).
     """
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
-    return require("nncf", "qat")
+    nncf = require("nncf", "qat")
+    # Built into the venv, and a build lock left by a killed process is cleared first
+    # (it made every later NNCF process wait forever, silently).
+    from quantization.nncf_extension import ensure_extension
+
+    ensure_extension()
+    return nncf
 
 
 def quantize_model(

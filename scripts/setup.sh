@@ -16,10 +16,12 @@ fi
 # torch first and exactly pinned: pip takes the CPU build that lies on this disk.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
-# NNCF compiles its C++ fake-quantize kernels on first use (about 3 minutes on 2 cores,
-# longer than NNCF's own 60 s load timeout): build them once here.
-echo "[setup] building NNCF's CPU extension (once)"
+# NNCF compiles its C++ fake-quantize kernels on first use (up to 3 minutes on 2 cores,
+# longer than NNCF's own 60 s load timeout): build them once here, into
+# .venv/torch_extensions (hrnet_edge points TORCH_EXTENSIONS_DIR there), so that no
+# other venv of the user shares or rebuilds them.
+echo "[setup] building NNCF's CPU extension into .venv/torch_extensions (once)"
 NNCF_EXTENSION_LOAD_TIMEOUT=1200 .venv/bin/python -c \
-    "import nncf.torch; nncf.torch.force_build_cpu_extensions()"
+    "import hrnet_edge; from quantization.nncf_extension import ensure_extension, build_dir; ensure_extension(); print('[setup] NNCF extension:', build_dir())"
 echo "$want" > "$stamp"
 echo "[setup] installed into .venv"

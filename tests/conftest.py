@@ -7,13 +7,11 @@ in a narrow band and hides quantization and layout errors that real scenes expos
 from __future__ import annotations
 
 import copy
-import os
 
-# NNCF's CPU extension brings its own OpenMP runtime beside torch's; with both
-# spinning after each parallel region on two cores, an NNCF forward took 6 s instead
-# of 0.1 s here (and nncf.quantize 40 s instead of 4 s). Passive waiting must be set
-# before the runtimes load, i.e. before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The package sets its OpenMP waiting (GOMP_SPINCOUNT) and the venv's extension folder
+# when it is imported, before torch loads: import it first, as the CLI does, so the
+# tests run what users run.
+import hrnet_edge  # noqa: F401
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

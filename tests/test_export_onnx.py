@@ -63,6 +63,7 @@ def test_available():
     assert OnnxTarget().available() == (True, "")
 
 
+@pytest.mark.numerics
 def test_fp32_parity(exports, settled_pose_model, images, parity):
     _, arts = exports
     runner = OnnxTarget().load(arts["fp32"].path.parent, threads=2)
@@ -76,6 +77,7 @@ def test_fp32_parity(exports, settled_pose_model, images, parity):
     assert parity(runner(x), _torch(settled_pose_model, x))["rel"] < FP32_REL
 
 
+@pytest.mark.numerics
 def test_int8_parity(int8_artifact, nncf_pose_model, settled_pose_model, images, parity):
     out = OnnxTarget().load(int8_artifact.path.parent)(images)
     vs_qat = parity(out, _torch(nncf_pose_model, images))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -18,8 +19,18 @@ from converters.openvino import OpenVinoTarget, read_embedded_metadata  # noqa: 
 
 pytestmark = pytest.mark.export
 
-# Thresholds relative to the largest |output| of the reference.
-REL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+# Thresholds relative to the largest |output| of the reference, per precision that
+# actually ran. fp16 here means fp16 weights computed in f32: one rounding of each
+# weight (2^-11 relative) per layer.
+REL = {"f32": 1e-4, "fp16": 1e-2}
+# bf16 compute keeps 8 significant bits: each conv rounds its inputs and weights
+# (2 x 2^-9 relative each, accumulating in f32), about 0.8 % per layer; along the ~25
+# convs of the deepest path, errors adding in quadrature give ~4 % RMS, and we allow
+# twice that for the net's gain. Measured on an EPYC with AVX512-BF16: relative RMS
+# 0.039, max |error| 4 % of the peak. The peak of a near-flat heatmap is not something
+# bf16 can promise, so argmax agreement is not asserted for it (it was 0.89 here).
+BF16_REL_RMS = 0.08
+
 # OpenVINO's INT8 kernels vs the NNCF torch model: rounding steps apart here and there
 # (ONNX Runtime's QDQ is closer: ~5 %), plus int16 saturation of u8*s8 pairs on CPUs
 # without VNNI (this AVX2 host) in every layer but the first, which NNCF's default
@@ -57,30 +68,48 @@ def int8_artifact(tmp_path_factory, settled_pose_model, nncf_pose_model):
     return OpenVinoTarget().export(_job(settled_pose_model, "int8", out, qat_model=nncf_pose_model))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
+    if precision == "bf16" and os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        # OpenVINO decides bf16 from cpuid, but its oneDNN obeys the cap: compiling
+        # then fails ("object is not initialized"), a state no real CPU is in.
+        pytest.skip("bf16 hint under an artificial oneDNN ISA cap (tests/test_cpu_families.py)")
     runner = OpenVinoTarget().load(artifacts[precision].path.parent, threads=2)
     out = runner(images)
-    p = parity(out, _torch(settled_pose_model, images))
+    ref = _torch(settled_pose_model, images)
+    p = parity(out, ref)
+    rel_rms = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    ran = runner.executed_precisions()
     print(f"openvino {precision} (hint {runner.config['INFERENCE_PRECISION_HINT']}, "
-          f"ran {runner.inference_precision}): {p}")
+          f"ran {runner.inference_precision}, convolutions {ran}): {p}, rel_rms {rel_rms:.4f}")
     assert out.shape == (8, 17, 32, 24)
     assert runner.config["INFERENCE_NUM_THREADS"] == 2
     assert runner.config["PERFORMANCE_HINT"] == "LATENCY"
     expected_hint = "bf16" if precision == "bf16" else "f32"
     assert runner.config["INFERENCE_PRECISION_HINT"] == expected_hint
-    # A CPU without BF16 units falls back to f32 for the bf16 hint.
+    # What ran, from the execution graph: every convolution in one precision, the one
+    # the plugin reports. A CPU without BF16 units falls back to f32 for the bf16 hint.
     assert runner.inference_precision in (("bf16", "f32") if precision == "bf16" else ("f32",))
-    assert p["rel"] < REL[precision], p
-    assert p["argmax_agreement"] >= (1.0 if precision == "fp32" else 0.95), p
+    assert list(ran) == [runner.inference_precision] and sum(ran.values()) > 50, ran
+    if runner.inference_precision == "bf16":
+        assert rel_rms < BF16_REL_RMS and p["corr"] > 0.99, (p, rel_rms)
+        return
+    # f32 compute (fp32, fp16 weights, or the bf16 hint on a CPU without BF16)
+    assert p["rel"] < REL["fp16" if precision == "fp16" else "f32"], p
+    assert p["argmax_agreement"] >= (0.95 if precision == "fp16" else 1.0), p
 
 
+@pytest.mark.numerics
 def test_int8_parity(int8_artifact, nncf_pose_model, settled_pose_model, images, parity):
     runner = OpenVinoTarget().load(int8_artifact.path.parent)
     out = runner(images)
     vs_qat = parity(out, _torch(nncf_pose_model, images))
     vs_fp32 = parity(out, _torch(settled_pose_model, images))
-    print(f"openvino int8 vs NNCF torch {vs_qat}; vs fp32 torch {vs_fp32}")
+    ran = runner.executed_precisions()
+    print(f"openvino int8 vs NNCF torch {vs_qat}; vs fp32 torch {vs_fp32}; convolutions {ran}")
+    # every convolution runs an integer kernel (u8/i8 activations), none falls back to float
+    assert set(ran) <= {"i8", "u8"} and sum(ran.values()) > 50, ran
     assert runner.config["INFERENCE_PRECISION_HINT"] == "f32"
     assert vs_qat["rel"] < INT8_REL and vs_qat["corr"] > 0.98, vs_qat
     assert vs_qat["argmax_agreement"] >= 0.65, vs_qat

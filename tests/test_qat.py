@@ -149,14 +149,33 @@ def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # --- quantize -------------------------------------------------------------------------
 
+# What INT8 fake quantization can promise against float, as a cosine. One 8-bit
+# quantizer on a tensor whose range is ~6-10x its RMS adds noise ~33-35 dB below the
+# signal; this W8 net has ~120 quantizers (activations and per-channel weights), whose
+# roughly independent noises add up to ~14 dB SNR, i.e. cosine ~0.98 (1/sqrt(1 + 10^-1.4)).
+# That estimate is what was measured (0.9755 on a Xeon with AMX, 0.977 on an EPYC with
+# AVX-512, above 0.98 under an AVX2 cap: the 40-step float model itself differs with the
+# kernels' rounding). The bound allows twice the noise power (3 dB): cosine 0.95. A
+# wrong scale, a lost quantizer range or a layout error gives far less (< 0.8).
+MIN_INT8_COSINE = 0.95
+# A heatmap of this short-trained net is flat near its top, so its peak may move past
+# the one-pixel tolerance under that noise: measured 0.85 (EPYC, AVX-512) to 0.93 (AVX2
+# cap) of 16 x 17 heatmaps agree. A broken quantizer leaves < 0.3.
+MIN_INT8_ARGMAX = 0.75
+
+
+@pytest.mark.numerics
 def test_quantize_stays_close_to_float(float_model, qat_model, eval_batch):
     x, _ = eval_batch
     f, q = run(float_model, x), run(qat_model, x)
+    print(f"float vs NNCF int8: cosine {cosine(f, q):.4f}, argmax agreement {argmax_agreement(f, q):.3f}, "
+          f"mean |diff| {(f - q).abs().mean():.4f} (peak {f.abs().max():.3f})")
     assert count_quant_modules(qat_model) > 0 and count_quant_modules(float_model) == 0
     assert not qat_model.training
-    assert cosine(f, q) > 0.98
-    assert argmax_agreement(f, q) > 0.8
-    assert (f - q).abs().mean() < 0.03 * f.abs().max()  # measured: 0.0096 against a peak of ~1
+    assert cosine(f, q) > MIN_INT8_COSINE
+    assert argmax_agreement(f, q) > MIN_INT8_ARGMAX
+    # measured 0.015-0.019 against peaks of 0.7-0.9 (EPYC AVX-512 and AVX2 cap)
+    assert (f - q).abs().mean() < 0.04 * f.abs().max()
 
 
 def test_quantize_rejects_bad_calibration(float_model):
@@ -294,6 +313,7 @@ def test_load_qat_errors(float_model, qat_model, eval_batch, tmp_path):
 
 # --- stripping ------------------------------------------------------------------------
 
+@pytest.mark.numerics
 def test_strip_to_float_is_plain_and_close(qat_model, eval_batch):
     x, _ = eval_batch
     stripped = strip_to_float(qat_model, x[:1])
@@ -301,7 +321,10 @@ def test_strip_to_float_is_plain_and_close(qat_model, eval_batch):
     assert not any(k.startswith("__nncf") for k in stripped.state_dict())
     assert "forward" not in stripped.__dict__  # the class forward, not NNCF's wrapper
     q, s = run(qat_model, x), run(stripped, x)
-    assert cosine(q, s) > 0.98 and argmax_agreement(q, s) > 0.8
+    # the stripped model keeps the quantized weights but computes activations in float:
+    # the activation quantizers' noise is the difference (same bound as above)
+    print(f"NNCF int8 vs stripped: cosine {cosine(q, s):.4f}, argmax agreement {argmax_agreement(q, s):.3f}")
+    assert cosine(q, s) > MIN_INT8_COSINE and argmax_agreement(q, s) > MIN_INT8_ARGMAX
     # weights carry the QAT weight quantization, the same values nncf.strip bakes
     native = dict(strip_native(qat_model, x[:1]).named_parameters())
     quantized_weights = weight_quantizers(qat_model, x[:1])
@@ -317,6 +340,7 @@ def test_strip_to_float_is_plain_and_close(qat_model, eval_batch):
         strip_to_float(qat_model, x[:1], weights="int4")
 
 
+@pytest.mark.numerics
 @pytest.mark.export
 def test_strip_native_gives_qdq_onnx(qat_model, eval_batch, tmp_path):
     onnx = pytest.importorskip("onnx")
@@ -342,6 +366,7 @@ def test_strip_native_gives_qdq_onnx(qat_model, eval_batch, tmp_path):
     assert cosine(out, run(qat_model, x[:1])) > 0.98
 
 
+@pytest.mark.numerics
 @pytest.mark.export
 def test_openvino_ir_has_fake_quantize(qat_model, eval_batch):
     ov = pytest.importorskip("openvino", reason="openvino is not installed "
