@@ -155,6 +155,8 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
     row["latency"] = measure_latency(runner, ctx.latency_input(), cfg.check.warmup, cfg.check.iterations)
     row["latency"]["threads"] = cfg.check.threads
     runtime = {k: getattr(runner, k) for k in ("config", "inference_precision") if hasattr(runner, k)}
+    if hasattr(runner, "executed_precisions"):  # what the kernels ran, from the execution graph
+        runtime["convolutions"] = runner.executed_precisions()
     if runtime:  # e.g. OpenVINO: the hint asked for and the precision the plugin used
         row["runtime"] = runtime
         used = str(runtime.get("inference_precision", ""))

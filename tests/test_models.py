@@ -126,12 +126,44 @@ def test_upsample_mode_reaches_the_graph():
     assert modes == {"bilinear"}
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_torch_export_every_variant(name):
-    # The graph's structure does not depend on the input size, so a small input keeps
-    # this fast while every variant's real layers are traced.
-    model = create_model(name, input_size=(64, 64)).eval()
+def _structure(cfg) -> tuple:
+    """Everything that shapes a variant's graph except its channel counts: variants
+    with equal structures trace to the same ops, only with other channel numbers (the
+    default input size is left out too: the export below uses its own)."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+              if f.name not in ("name", "width_name", "input_size", "published_params_m", "published_gflops")}
+    fields["backbone"] = dataclasses.replace(cfg.backbone, width=0)
+    return tuple(sorted((k, repr(v)) for k, v in fields.items()))
+
+
+def _export_groups() -> dict[tuple, list[str]]:
+    """Variants grouped by structure, each group sorted by parameter count."""
+    groups: dict[tuple, list[str]] = {}
+    for name in list_models():
+        groups.setdefault(_structure(get_config(name)), []).append(name)
+    return {k: sorted(v, key=lambda n: get_config(n).backbone.width) for k, v in groups.items()}
+
+
+def test_export_groups_cover_every_variant_and_head():
+    groups = _export_groups()
+    assert sorted(n for names in groups.values() for n in names) == sorted(list_models())
+    # the papers' W18/W32/W40/W48 share one structure per head; the small and edge
+    # widths each have their own; every head is in every width family's export
+    assert len(groups) == len(TASKS) * 5, [v for v in groups.values()]
+    for task in TASKS:
+        assert [v for v in groups.values() if v[0] == f"hrnet_w18_{task}"] == \
+            [[f"hrnet_{w}_{task}" for w in ("w18", "w32", "w40", "w48")]]
+
+
+@pytest.mark.parametrize("names", list(_export_groups().values()), ids=lambda v: "+".join(v))
+def test_torch_export_every_structure(names):
+    """One torch.export per structure (the narrowest member): the graph does not
+    depend on the channel counts, so the wider members of a group trace the same ops.
+    The input is small for speed; the structure does not depend on it either."""
+    model = create_model(names[0], input_size=(64, 64)).eval()
     x = torch.rand(1, 3, 64, 64)
     ep = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), model(x))
+    ops = {n.target for n in ep.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.conv2d.default in ops

@@ -12,17 +12,20 @@ import pytest
 from hrnet_edge.cli import main
 from hrnet_edge.io import read_json
 
+# Small, but trained enough that heatmaps have peaks (OKS AP ~0.19 after 5 epochs of
+# 400 images): on an untrained net the peaks are flat and keypoint agreement between
+# float and INT8 is not something INT8 can promise, so the rows would not mean much.
 TINY = """
 model = "hrnet_w8_pose"
 [model_overrides]
-input_size = [64, 64]
+input_size = [128, 96]
 [data]
-synthetic_train_images = 48
-synthetic_val_images = 12
-synthetic_image_size = [128, 128]
+synthetic_train_images = 400
+synthetic_val_images = 24
+synthetic_image_size = [192, 192]
 workers = 0
 [train]
-epochs = 2
+epochs = 5
 batch_size = 16
 [qat]
 calibration_images = 16
@@ -60,13 +63,15 @@ def test_pipeline_fills_every_row(pipeline_run):
     assert {"fp32", "ptq", "qat"} <= set(qat) and 0 <= qat["qat"]["AP"] <= 1
     rows = {(r["target"], r["precision"]): r for r in report["rows"]}
     assert set(rows) == ALL_ROWS
-    failed = [k for k, r in rows.items() if r["status"] in ("failed", "error")]
-    assert rc == (1 if failed else 0)  # a failed check makes the command exit non-zero
+    # every runnable row passes its thresholds, INT8 included; the command says so
+    failed = {k: r["reason"] for k, r in rows.items()
+              if r["status"] not in ("passed", "reference", "not_runnable")}
+    assert not failed and rc == 0, failed
+    assert rows[("pytorch", "fp32")]["metric"]["AP"] > 0.05  # the model learned something
     for key, r in rows.items():
-        assert r["status"] in ("passed", "failed", "reference", "not_runnable", "skipped"), (key, r)
-        if r["status"] in ("failed", "skipped", "not_runnable"):
+        if r["status"] == "not_runnable":
             assert r["reason"], key  # never a bare status
-        if r["status"] in ("passed", "failed"):
+        if r["status"] == "passed":
             assert r["parity"]["max_abs"] >= 0 and -1 <= r["parity"]["cosine"] <= 1
             assert r["latency"]["iterations"] == 5 and r["latency"]["p50_ms"] > 0
             assert r["size_bytes"] > 0 and 0 <= r["metric"]["AP"] <= 1
