@@ -152,11 +152,14 @@ def _seg_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "stride": 4,
         "num_classes": cfg.num_outputs,
         "classes": task_info.get("classes", [f"class{i}" for i in range(cfg.num_outputs)]),
+        "palette": task_info.get("palette", []),
         "ignore_index": task_info.get("ignore_index", 255),
         "decoding": {"steps": [
-            "resize logits bilinearly (align_corners=False) to the input or image size",
-            "label = argmax over the class axis",
-        ]},
+            "resize the image to the input size (bilinear), RGB in 0..1",
+            "resize logits bilinearly (align_corners=False: sample at (i + 0.5) * scale - 0.5) "
+            "to the input or image size",
+            "label = argmax over the class axis; colour = palette[label]",
+        ], "flip_test_in_checks": task_info.get("flip_test", False)},
     }
 
 
@@ -191,6 +194,8 @@ def _cls_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "kind": "class_logits",
         "num_classes": cfg.num_outputs,
         "classes": task_info.get("classes", [f"class{i}" for i in range(cfg.num_outputs)]),
+        "preprocess": f"resize the short side to input / {task_info.get('resize_ratio', 0.875)}, "
+                      "centre-crop to the input size, RGB in 0..1",
         "decoding": {"steps": ["probabilities = softmax(logits)", "top-k by probability"]},
     }
 

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("name")
     i.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. width=8")
 
-    from hrnet_edge import pipeline_cli  # the run-directory stages
+    from hrnet_edge.pipeline import cli as pipeline_cli  # the run-directory stages
 
     pipeline_cli.add_parsers(sub, command)
     return p

@@ -17,41 +17,33 @@ from hrnet_edge.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the pose data comes from.
-
-    ``root`` None means: generate the built-in synthetic COCO-keypoints dataset inside
-    the run directory. Otherwise ``root`` holds ``annotations/person_keypoints_<split>.json``
-    and ``images/<split>/`` as COCO does.
-    """
-
-    root: str | None = None
-    train_split: str = "train2017"
-    val_split: str = "val2017"
-    synthetic_train_images: int = 1200
-    synthetic_val_images: int = 200
-    synthetic_image_size: tuple[int, int] = (256, 256)
-    seed: int = 0
-    sigma: float = 2.0
-    workers: int = 1
-    # Training augmentation. HRNet's COCO recipe uses rotation 40 and scale 0.35 over
-    # 210 epochs; the few-minute default run learns faster with milder augmentation.
-    rotation: float = 15.0  # std in degrees, applied to 60% of crops
-    scale_factor: float = 0.25  # std of the random scale
-    flip: bool = True
-
-
-@dataclass(frozen=True)
 class TrainConfig:
-    """FP32 training."""
+    """FP32 training. The defaults are the task's quick recipe (``Task.recipes``); a
+    value set here wins over the recipe.
+
+    ``optimizer`` is ``adamw`` or ``sgd`` (with ``momentum``); ``schedule`` is
+    ``cosine`` (linear warm-up, then cosine to 1% of ``lr``), ``poly`` (``(1 -
+    t)^poly_power``, HRNetV2's segmentation schedule) or ``step`` (x0.1 at each of
+    ``milestones``, in epochs, the ImageNet recipe).
+    """
 
     epochs: int = 6
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    poly_power: float = 0.9
+    milestones: tuple[int, ...] = ()
+    label_smoothing: float = 0.0
     warmup_epochs: int = 1
     seed: int = 0
     val_every: int = 1
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "poly", "step")
 
 
 @dataclass(frozen=True)
@@ -86,31 +78,23 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """How pose outputs are decoded and scored (in training, QAT and every check).
-
-    ``flip_test`` averages each crop's heatmaps with those of its mirror image (as the
-    HRNet evaluation does); ``decoder`` is ``"dark"`` (distribution-aware sub-pixel
-    refinement) or ``"quarter"`` (the original quarter-pixel shift).
-    """
-
-    flip_test: bool = True
-    decoder: str = "dark"
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; ``model`` is a registry name, ``model_overrides`` its
-    config overrides (e.g. ``{"input_size": [128, 96]}``)."""
+    config overrides (e.g. ``{"input_size": [128, 96]}``; the task's default when not
+    given). ``data`` and ``eval`` are the sections of the model's task (e.g.
+    :class:`hrnet_edge.tasks.pose.PoseData`); ``recipe`` names the task's training
+    recipe whose values ``[train]`` starts from (``quick``, or ``paper`` for the HRNet
+    papers' schedule)."""
 
     model: str = "hrnet_w8_pose"
-    model_overrides: dict[str, Any] = field(default_factory=lambda: {"input_size": (128, 96)})
-    data: DataConfig = field(default_factory=DataConfig)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    recipe: str = "quick"
+    data: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,50 +105,77 @@ class RunConfig:
 
         return get_config(self.model, **self.model_overrides)
 
+    @property
+    def task(self):
+        """The :class:`~hrnet_edge.tasks.base.Task` of the model."""
+        from hrnet_edge.tasks import get_task
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "qat": QatConfig,
-            "export": ExportConfig, "check": CheckConfig, "eval": EvalConfig}
+        return get_task(self.model_config().task)
 
 
-def _build(cls, values: dict[str, Any], where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{where}] must be a table/object, got {type(values).__name__}")
-    valid = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in [{where}]; valid: {', '.join(valid)}")
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**clean)
+SECTIONS = {"qat": QatConfig, "export": ExportConfig, "check": CheckConfig}
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from a plain dict (a parsed file or ``config.json``)."""
-    data = dict(data)
-    sections = {name: _build(cls, data.pop(name, {}), name) for name, cls in SECTIONS.items()}
-    top = _build(RunConfig, data, "top level")
-    cfg = dataclasses.replace(top, **sections)
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_overrides.items()}
-    cfg = dataclasses.replace(cfg, model_overrides=overrides)
-    cfg.model_config()  # raises ConfigError on a bad model name or override
-    from hrnet_edge.data.heatmaps import DECODERS
+    from hrnet_edge.config import get_config
+    from hrnet_edge.tasks import get_task
+    from hrnet_edge.tasks.base import build_section
 
-    if cfg.eval.decoder not in DECODERS:
-        raise ConfigError(f"[eval] decoder {cfg.eval.decoder!r} is not known; valid: {', '.join(DECODERS)}")
-    if not isinstance(cfg.eval.flip_test, bool):
-        raise ConfigError(f"[eval] flip_test must be true or false, got {cfg.eval.flip_test!r}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run configuration is a table/object, got {type(data).__name__}")
+    data = dict(data)
+    sections = {name: build_section(cls, data.pop(name, {}), name) for name, cls in SECTIONS.items()}
+    per_task = {name: data.pop(name, {}) for name in ("data", "eval", "train")}
+    top = build_section(RunConfig, data, "top level")
+    model_cfg = get_config(top.model)  # raises ConfigError on a bad model name
+    task = get_task(model_cfg.task)
+    if "model_overrides" not in data:
+        top = dataclasses.replace(top, model_overrides=dict(task.default_overrides))
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in top.model_overrides.items()}
+    if top.recipe not in task.recipes:
+        raise ConfigError(f"unknown recipe {top.recipe!r} for task {task.name}; valid: {', '.join(task.recipes)}")
+    train = per_task["train"]
+    if isinstance(train, dict):
+        train = {**task.recipes[top.recipe], **train}
+    cfg = dataclasses.replace(
+        top, model_overrides=overrides, **sections,
+        data=build_section(task.data_config, per_task["data"], "data"),
+        eval=build_section(task.eval_config, per_task["eval"], "eval"),
+        train=build_section(TrainConfig, train, "train"))
+    cfg.model_config()  # raises ConfigError on a bad override
+    _validate_train(cfg.train)
+    task.validate(cfg)
     return cfg
 
 
-def load_run_config(path: str | Path | None) -> RunConfig:
-    """Read a JSON or TOML run configuration; None gives the built-in default."""
-    if path is None:
-        return run_config_from_dict({})
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+def _validate_train(t: TrainConfig) -> None:
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"[train] optimizer {t.optimizer!r} is not known; valid: {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"[train] schedule {t.schedule!r} is not known; valid: {', '.join(SCHEDULES)}")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"[train] label_smoothing must be in [0, 1), got {t.label_smoothing}")
+
+
+def load_run_config(path: str | Path | None, model: str | None = None) -> RunConfig:
+    """Read a JSON or TOML run configuration; None gives the built-in default.
+
+    ``model`` (e.g. from ``--model``) replaces the file's model; the task's defaults
+    then apply to what the file leaves out.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if model is not None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run configuration is a table/object, got {type(data).__name__}")
+        data = {**data, "model": model}
     return run_config_from_dict(data)

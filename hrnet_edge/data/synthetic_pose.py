@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 
 from hrnet_edge.data.keypoints import coco_person_category
 from hrnet_edge.data.synthetic_pose_render import render_image
+from hrnet_edge.data.generated import reuse_or_build
 from hrnet_edge.errors import DataError
 
 GENERATOR_VERSION = 5
@@ -116,38 +115,11 @@ def generate_synthetic_pose(root: str | os.PathLike, num_train: int = 1000, num_
     params = {"generator": "synthetic_pose", "version": GENERATOR_VERSION,
               "num_train": int(num_train), "num_val": int(num_val), "image_size": [h, w],
               "seed": int(seed), "jpeg_quality": int(jpeg_quality)}
-    paths = _paths(root)
-    if root.exists():
-        try:
-            existing = json.loads(paths["generator"].read_text())
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
-            return paths
-        if reuse_only and existing is not None:
-            changed = sorted(k for k in params if existing.get(k) != params[k])
-            raise DataError(f"the synthetic dataset in {root} was made with different "
-                            f"{', '.join(changed)} ({', '.join(f'{k}={existing.get(k)!r}' for k in changed)}) "
-                            f"than this code and configuration would make now "
-                            f"({', '.join(f'{k}={params[k]!r}' for k in changed)}); later stages "
-                            f"never regenerate it: start a new run directory to retrain")
-        if existing is None and any(root.iterdir()):
-            raise DataError(f"{root} exists and was not written by the synthetic pose generator "
-                            f"(no readable generator.json); choose an empty or new folder")
-    if reuse_only:
-        raise DataError(f"the run's synthetic dataset is missing from {root}; run the train "
-                        f"stage first (it generates the dataset)")
     workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         _write_split(tmp, 0, num_train, params, workers)
         _write_split(tmp, 1, num_val, params, workers)
-        # generator.json last: its presence marks a complete dataset.
-        (tmp / "generator.json").write_text(json.dumps(params, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+
+    reuse_or_build(root, params, build, reuse_only, "synthetic pose")
+    return _paths(root)

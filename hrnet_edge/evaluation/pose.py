@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hrnet_edge.evaluation.batching import run_batched
+
 from hrnet_edge.data.heatmaps import decode_heatmaps, flip_heatmaps, heatmap_to_image
 from hrnet_edge.data.keypoints import PERSON_CATEGORY_ID
 from hrnet_edge.errors import DataError
@@ -47,19 +49,8 @@ class PoseEvalResult:
 
 
 def _run(infer: InferFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    """Call ``infer`` on one batch, padding to ``fixed_batch`` when the artifact needs it."""
-    n = batch.shape[0]
-    if fixed_batch and n < fixed_batch:
-        pad = np.repeat(batch[-1:], fixed_batch - n, axis=0)
-        batch = np.concatenate([batch, pad], axis=0)
-    out = infer(np.ascontiguousarray(batch, dtype=np.float32))
-    if isinstance(out, (list, tuple)) and len(out) == 1:  # runtimes that return output lists
-        out = out[0]
-    out = np.asarray(out, dtype=np.float32)
-    if out.ndim != 4 or out.shape[0] != batch.shape[0]:
-        raise ValueError(f"infer must return heatmaps (N, K, h, w) for {batch.shape[0]} inputs, "
-                         f"got shape {out.shape}")
-    return out[:n]
+    """Heatmaps of one batch, padded to ``fixed_batch`` when the artifact needs it."""
+    return run_batched(infer, batch, fixed_batch, 4, "heatmaps (N, K, h, w)")
 
 
 def _predict_batch(infer: InferFn, batch: np.ndarray, flip_perm: np.ndarray | None,

@@ -19,18 +19,38 @@ from hrnet_edge.runs import RunDir
 from hrnet_edge.training.checkpoint import (
     load_model_weights, load_optimizer_state, read_state, save_checkpoint,
 )
-from hrnet_edge.training.losses import heatmap_mse
-from hrnet_edge.training import pose_task
-
-METRIC = "AP"  # the value that picks the best checkpoint
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up, then cosine decay to 1% of ``base``."""
+def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosine",
+          poly_power: float = 0.9, milestones: tuple[int, ...] = (), steps_per_epoch: int = 1) -> float:
+    """The learning rate of ``step``: linear warm-up, then the schedule.
+
+    ``cosine`` decays to 1% of ``base``; ``poly`` is ``base * (1 - t)^poly_power``
+    (HRNetV2's segmentation schedule); ``step`` multiplies by 0.1 at each milestone epoch.
+    """
     if step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
+    if schedule == "poly":
+        return base * max(0.0, 1 - t) ** poly_power
+    if schedule == "step":
+        return base * 0.1 ** sum(step >= m * steps_per_epoch for m in milestones)
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def make_optimizer(model, cfg: RunConfig):
+    """AdamW or SGD with momentum, as ``[train]`` says."""
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def evaluate_model(model, val_ds, cfg: RunConfig, batch_size: int = 32, progress: bool = False) -> dict:
+    """The task's metrics of a PyTorch model on the validation set."""
+    from hrnet_edge.tasks import torch_infer
+
+    return cfg.task.evaluate(torch_infer(model), val_ds, cfg, batch_size=batch_size, progress=progress).metrics
 
 
 def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int) -> DataLoader:
@@ -50,55 +70,60 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
 
     Returns the final state (epoch, best metric, history).
     """
+    task = cfg.task
     torch.manual_seed(cfg.train.seed)
-    train_ds, val_ds = pose_task.datasets(run, cfg, progress, generate=True)
+    train_ds, val_ds = task.datasets(run, cfg, generate=True)
     model = create_model(cfg.model, **cfg.model_overrides)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(model, cfg)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0}
     last = run.checkpoints / "last.safetensors"
     if last.is_file() and last.with_suffix(".json").is_file():
         state = load_model_weights(model, last)
         load_optimizer_state(opt, last, state)
         state = {k: state[k] for k in ("epoch", "best", "history", "step")}
-        log(f"[train] resuming from epoch {state['epoch']} (best {METRIC} {state['best']:.4f})")
+        log(f"[train] resuming from epoch {state['epoch']} (best {task.metric} {state['best']:.4f})")
     steps_per_epoch = len(train_ds) // cfg.train.batch_size
     if steps_per_epoch == 0:
         from hrnet_edge.errors import ConfigError
 
-        raise ConfigError(f"batch_size {cfg.train.batch_size} exceeds the {len(train_ds)} training instances")
-    total = steps_per_epoch * cfg.train.epochs
-    warmup = steps_per_epoch * cfg.train.warmup_epochs
+        raise ConfigError(f"batch_size {cfg.train.batch_size} exceeds the {len(train_ds)} training items")
+    sched = {"total": steps_per_epoch * cfg.train.epochs, "warmup": steps_per_epoch * cfg.train.warmup_epochs,
+             "steps_per_epoch": steps_per_epoch}
     for epoch in range(state["epoch"], cfg.train.epochs):
         t0 = time.time()
-        loss = _train_epoch(model, opt, _loader(train_ds, cfg, True, epoch), state, total, warmup,
+        if hasattr(train_ds, "set_epoch"):  # augmentation drawn per epoch, reproducibly
+            train_ds.set_epoch(epoch)
+        loss = _train_epoch(model, opt, _loader(train_ds, cfg, True, epoch), state, sched,
                             cfg, progress, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss}
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-            row.update(pose_task.evaluate_model(model, val_ds, cfg, batch_size=64))
+            row.update(evaluate_model(model, val_ds, cfg, batch_size=64))
         row["seconds"] = round(time.time() - t0, 1)
         state["epoch"] = epoch + 1
         state["history"].append(row)
-        is_best = row.get(METRIC, -1.0) > state["best"]
+        is_best = row.get(task.metric, -1.0) > state["best"]
         if is_best:
-            state["best"] = row[METRIC]
+            state["best"] = row[task.metric]
             best_state = {k: v for k, v in state.items() if k in ("epoch", "best", "step")}
             save_checkpoint(run.checkpoints / "best.safetensors", model, {**best_state, "metrics": row})
         save_checkpoint(last, model, state, opt)  # written after best: resume never loses best
         write_metrics_csv(run.metrics_csv, state["history"])
-        log(_fmt_row(row) + ("  *best*" if is_best else ""))
+        log(_fmt_row(row, task.shown_metrics) + ("  *best*" if is_best else ""))
     return state
 
 
-def _train_epoch(model, opt, loader, state, total, warmup, cfg, progress, desc) -> float:
+def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc) -> float:
     from tqdm import tqdm
 
+    task, t = cfg.task, cfg.train
     model.train()
     losses = []
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for images, target, weight, _meta in bar:
+    for batch in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(state["step"], total, warmup, cfg.train.lr)
-        loss = heatmap_mse(model(images), target, weight)
+            g["lr"] = lr_at(state["step"], sched["total"], sched["warmup"], t.lr, t.schedule,
+                            t.poly_power, t.milestones, sched["steps_per_epoch"])
+        loss = task.loss(model(task.inputs(batch)), batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,11 +133,9 @@ def _train_epoch(model, opt, loader, state, total, warmup, cfg, progress, desc) 
     return float(np.mean(losses)) if losses else float("nan")
 
 
-SHOWN = ("epoch", "lr", "train_loss", "AP", "AP50", "PCK@0.05", "PCK@0.1", "seconds")
-
-
-def _fmt_row(row: dict) -> str:
-    parts = [f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in SHOWN if k in row]
+def _fmt_row(row: dict, metrics: tuple[str, ...]) -> str:
+    shown = ("epoch", "lr", "train_loss", *metrics, "seconds")
+    parts = [f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in shown if k in row]
     return "[train] " + " ".join(parts)
 
 

@@ -35,11 +35,8 @@ class JobFactory:
 
     @cached_property
     def calibration(self):
-        from hrnet_edge.training import pose_task
-
-        train_ds = pose_task.build_dataset(pose_task.data_root(self.run, self.cfg), self.cfg.data.train_split,
-                                           self.cfg, train=False)
-        return pose_task.calibration_images(train_ds, self.cfg.export.calibration_images, seed=self.cfg.data.seed)
+        return self.cfg.task.calibration_images(self.run, self.cfg, self.cfg.export.calibration_images,
+                                                seed=self.cfg.data.seed)
 
     def example_input(self):
         import torch
@@ -63,12 +60,8 @@ class JobFactory:
     @cached_property
     def base_metadata(self) -> dict:
         from converters.metadata import base_metadata
-        from hrnet_edge.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 
-        info = {"keypoint_names": list(KEYPOINT_NAMES), "skeleton": [list(p) for p in SKELETON],
-                "flip_pairs": [list(p) for p in FLIP_PAIRS], "decoder": self.cfg.eval.decoder,
-                "sigma": self.cfg.data.sigma, "flip_test": self.cfg.eval.flip_test}
-        return base_metadata(self.model, info, self._trained[1])
+        return base_metadata(self.model, self.cfg.task.app_info(self.run, self.cfg), self._trained[1])
 
     def onnx_for(self, source: str) -> Path:
         """An opset-17 ONNX of the float (``fp32``) or QAT-fine-tuned float (``qat``) model."""

@@ -14,9 +14,11 @@ DEFAULT_RUN = "runs/default"
 
 
 def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
-    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})")
+    p.add_argument("--run", help=f"run directory (default: {DEFAULT_RUN}, or runs/<model> with --model)")
     if config:
         p.add_argument("--config", help="run configuration, .json or .toml (default: built-in)")
+        p.add_argument("--model", help="variant to train, e.g. hrnet_w8_seg (replaces the config's "
+                                       "model; the task's defaults fill the rest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -48,9 +50,10 @@ def _init(args, allow_new: bool):
     from hrnet_edge.runconfig import load_run_config
     from hrnet_edge.runs import init_run, open_run
 
-    root = Path(args.run)
-    if allow_new and (getattr(args, "config", None) or not (root / "config.json").is_file()):
-        cfg = load_run_config(args.config)
+    model = getattr(args, "model", None)
+    root = Path(args.run or (f"runs/{model}" if model else DEFAULT_RUN))
+    if allow_new and (getattr(args, "config", None) or model or not (root / "config.json").is_file()):
+        cfg = load_run_config(getattr(args, "config", None), model=model)
         run = init_run(root, cfg)
         return run, cfg
     return open_run(root)
@@ -63,17 +66,17 @@ def _threads(cfg) -> None:
 
 
 def cmd_train(args) -> int:
-    from hrnet_edge.stages import stage_train
+    from hrnet_edge.pipeline.stages import stage_train
 
     run, cfg = _init(args, allow_new=True)
     _threads(cfg)
     state = stage_train(run, cfg, progress=not args.no_progress)
-    print(f"[train] best AP {state['best']:.4f}; checkpoints in {run.checkpoints}")
+    print(f"[train] best {cfg.task.metric_label} {state['best']:.4f}; checkpoints in {run.checkpoints}")
     return 0
 
 
 def cmd_qat(args) -> int:
-    from hrnet_edge.stages import stage_qat
+    from hrnet_edge.pipeline.stages import stage_qat
 
     run, cfg = _init(args, allow_new=False)
     if (run.qat_dir / "metrics.json").is_file() and not args.force:
@@ -85,7 +88,7 @@ def cmd_qat(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from hrnet_edge.stages import stage_export
+    from hrnet_edge.pipeline.stages import stage_export
 
     run, cfg = _init(args, allow_new=False)
     if args.targets:
@@ -100,7 +103,7 @@ def cmd_export(args) -> int:
 
 def cmd_check(args) -> int:
     from converters.report import build_report, failed_rows
-    from hrnet_edge.stages import stage_check
+    from hrnet_edge.pipeline.stages import stage_check
 
     run, cfg = _init(args, allow_new=False)
     rows = stage_check(run, cfg, force=args.force)
@@ -127,7 +130,7 @@ def cmd_pipeline(args) -> int:
     run, cfg = _init(args, allow_new=True)
     print(f"[pipeline] run directory {run.root}, model {cfg.model} {dict(cfg.model_overrides)}")
     ns = argparse.Namespace(run=str(run.root), no_progress=args.no_progress, force=args.force,
-                            targets=None, config=None)
+                            targets=None, config=None, model=None)
     seconds = {}
     for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
         t = time.time()

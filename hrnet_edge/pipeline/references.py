@@ -1,25 +1,25 @@
 """What a check compares an artifact against: the run's PyTorch models and data.
 
 The PyTorch references are checked first (``pytorch-fp32``, ``pytorch-int8`` = the NNCF
-QAT model); their raw outputs and decoded keypoints on the validation split are saved
+QAT model); their raw outputs and decoded predictions on the validation split are saved
 as ``checks/pytorch-<precision>.npz``, so each artifact's check process loads them
 instead of re-running PyTorch.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from hrnet_edge.errors import RunDirError
-from hrnet_edge.io import atomic_path, read_json, size_bytes
+from hrnet_edge.io import read_json, size_bytes
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
+from hrnet_edge.tasks.base import EvalResult, Task
 
 # which saved PyTorch reference an artifact built from a given source is compared with
 REFERENCE_OF_SOURCE = {"fp32": "fp32", "qat": "int8"}
@@ -29,6 +29,7 @@ REFERENCE_OF_SOURCE = {"fp32": "fp32", "qat": "int8"}
 class CheckContext:
     run: RunDir
     cfg: RunConfig
+    task: Task
     val_ds: Any
 
     @cached_property
@@ -46,23 +47,19 @@ class CheckContext:
         example = torch.from_numpy(self.latency_input())
         return load_qat(copy.deepcopy(self.float_model), self.run.qat_dir, example).eval()
 
-    def evaluate(self, runner, batch_size: int):
-        from hrnet_edge.evaluation.pose import evaluate_pose
-
-        return evaluate_pose(runner, self.val_ds, batch_size=batch_size, keep_heatmaps=True,
-                             max_images=self.cfg.check.eval_images,
-                             flip_test=self.cfg.eval.flip_test, decoder=self.cfg.eval.decoder)
+    def evaluate(self, runner, target: str) -> EvalResult:
+        # exported artifacts have a static batch of one, as apps run them
+        return self.task.evaluate(runner, self.val_ds, self.cfg, batch_size=32, keep_outputs=True,
+                                  max_images=self.cfg.check.eval_images,
+                                  fixed_batch=None if target == "pytorch" else 1)
 
     def reference_path(self, precision: str) -> Path:
         return self.run.checks / f"pytorch-{precision}.npz"
 
-    def save_reference(self, precision: str, result) -> None:
-        with atomic_path(self.reference_path(precision)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, heatmaps=result.heatmaps, keypoints=result.keypoints,
-                         image_ids=result.image_ids)
+    def save_reference(self, precision: str, result: EvalResult) -> None:
+        self.task.save_reference(self.reference_path(precision), result)
 
-    def reference_eval(self, source: str):
+    def reference_eval(self, source: str) -> EvalResult:
         """The saved PyTorch evaluation an artifact from ``source`` is compared with."""
         precision = REFERENCE_OF_SOURCE[source]
         path = self.reference_path(precision)
@@ -70,23 +67,7 @@ class CheckContext:
         if not path.is_file() or not row_path.is_file():
             raise RunDirError(f"reference pytorch-{precision} was not checked yet ({path.name} missing); "
                               f"run 'hrnet-edge check --run {self.run.root}'")
-        with np.load(path) as data:
-            ref = SimpleNamespace(**{k: data[k] for k in data.files})
-        ref.metrics = read_json(row_path)["metric"]
-        return ref
-
-    def agreement(self, ref, out) -> float:
-        from hrnet_edge.evaluation.pose import keypoint_agreement
-
-        arrays = self.val_ds.instance_arrays()
-        sel = np.isin(arrays["image_id"], ref.image_ids)
-        sizes = arrays["bbox"][sel][:, 2:].max(axis=1)
-        return keypoint_agreement(ref.keypoints, out.keypoints, sizes, alpha=0.05)
-
-    @staticmethod
-    def batch_size_for(target: str) -> int:
-        # exported artifacts have a static batch of one, as apps run them
-        return 32 if target == "pytorch" else 1
+        return self.task.load_reference(path, read_json(row_path)["metric"])
 
     def latency_input(self) -> np.ndarray:
         return self.val_ds.stack_images([0])
@@ -99,17 +80,16 @@ class CheckContext:
 
 def load_context(run: RunDir, cfg: RunConfig) -> CheckContext:
     """Build the check context of a run (the validation split; models load on demand)."""
-    from hrnet_edge.training.pose_task import build_dataset, data_root
-
-    val = build_dataset(data_root(run, cfg), cfg.data.val_split, cfg, train=False)
-    return CheckContext(run=run, cfg=cfg, val_ds=val)
+    task = cfg.task
+    _train, val = task.datasets(run, cfg)
+    return CheckContext(run=run, cfg=cfg, task=task, val_ds=val)
 
 
 def pytorch_runner(ctx: CheckContext, precision: str):
     """The PyTorch model itself as a runner: fp32 (float) or int8 (NNCF fake-quant)."""
     import torch
 
-    from hrnet_edge.training.pose_task import torch_infer
+    from hrnet_edge.tasks import torch_infer
 
     torch.set_num_threads(ctx.cfg.check.threads)
     return torch_infer(ctx.qat_model if precision == "int8" else ctx.float_model)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hrnet_edge.errors import ExportError, HRNetEdgeError, MissingDependency, RunDirError
+from hrnet_edge.errors import ExportError, MissingDependency, RunDirError
 from hrnet_edge.io import read_json, write_json
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
@@ -31,11 +31,10 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = pri
     import torch
     from torch.utils.data import DataLoader
 
-    from hrnet_edge.training import pose_task
-    from hrnet_edge.training.loop import load_trained
-    from hrnet_edge.training.losses import heatmap_mse
+    from hrnet_edge.training.loop import evaluate_model, load_trained
     from quantization import finetune, quantize_model, save_qat
 
+    task = cfg.task
     torch.manual_seed(cfg.train.seed)
     t0 = mark = time.time()
     timings: dict[str, float] = {}
@@ -46,33 +45,34 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = pri
         timings[name], mark = round(now - mark, 1), now
 
     model, sha = load_trained(run, cfg)
-    train_ds, val_ds = pose_task.datasets(run, cfg)
-    calib = pose_task.calibration_images(train_ds, cfg.qat.calibration_images, seed=cfg.data.seed)
+    train_ds, val_ds = task.datasets(run, cfg)
+    calib = task.calibration_images(run, cfg, cfg.qat.calibration_images, seed=cfg.data.seed)
     lap("load")
-    fp32 = pose_task.evaluate_model(model, val_ds, cfg)
+    fp32 = evaluate_model(model, val_ds, cfg)
     lap("eval_fp32")
     qm = quantize_model(model, calib)
     lap("nncf_quantize")
-    ptq = pose_task.evaluate_model(qm, val_ds, cfg)
+    ptq = evaluate_model(qm, val_ds, cfg)
     lap("eval_ptq")
-    log(f"[qat] FP32 AP {fp32['AP']:.4f}; INT8 after NNCF init (PTQ) AP {ptq['AP']:.4f}")
+    m, label = task.metric, task.metric_label
+    log(f"[qat] FP32 {label} {fp32[m]:.4f}; INT8 after NNCF init (PTQ) {label} {ptq[m]:.4f}")
     history = []
     if cfg.qat.epochs > 0:
         loader = DataLoader(train_ds, batch_size=cfg.qat.batch_size, shuffle=True, drop_last=True,
                             num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.train.seed))
-        losses = finetune(qm, loader, lambda out, batch: heatmap_mse(out, batch[1], batch[2]),
+        losses = finetune(qm, loader, lambda out, batch: task.loss(out, batch, cfg),
                           epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress)
         history = [{"epoch": i + 1, "train_loss": float(v)} for i, v in enumerate(losses)]
     lap("finetune")
-    qat = pose_task.evaluate_model(qm, val_ds, cfg)
+    qat = evaluate_model(qm, val_ds, cfg)
     lap("eval_qat")
-    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) AP {qat['AP']:.4f}")
+    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) {label} {qat[m]:.4f}")
     save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
     lap("save")
     log("[qat] seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    result = {"fp32": fp32, "ptq": ptq, "qat": qat, "history": history, "source_checkpoint_sha256": sha,
-              "calibration_images": int(len(calib)), "seconds": round(time.time() - t0, 1),
-              "timings_s": timings}
+    result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
+              "source_checkpoint_sha256": sha, "calibration_images": int(len(calib)),
+              "seconds": round(time.time() - t0, 1), "timings_s": timings}
     write_json(run.qat_dir / "metrics.json", result)
     return result
 
@@ -104,7 +104,7 @@ def _quiet_exporters() -> None:
 def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
     """Export every planned (target, precision); a missing backend or a failure becomes a
     row with its reason, never a crash. Returns one row per pair."""
-    from converters.export_jobs import JobFactory
+    from hrnet_edge.pipeline.jobs import JobFactory
 
     _quiet_exporters()
 
@@ -140,7 +140,7 @@ SIDE_TARGETS = ("executorch",)
 def _start_export_worker(run: RunDir, pairs: list[tuple[str, str]], force: bool):
     out = run.exports / ".worker-rows.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "hrnet_edge.stages", "export-worker", str(run.root), str(out)]
+    cmd = [sys.executable, "-m", "hrnet_edge.pipeline.stages", "export-worker", str(run.root), str(out)]
     cmd += (["--force"] if force else []) + [f"{t}:{p}" for t, p in pairs]
     return subprocess.Popen(cmd), out
 
@@ -159,8 +159,8 @@ def _finish_export_worker(run: RunDir, worker, pairs, log: Log) -> dict:
 
 
 def _export_worker_main(argv: list[str]) -> int:
-    """``python -m hrnet_edge.stages export-worker RUN OUT [--force] target:precision...``"""
-    from converters.export_jobs import JobFactory
+    """``python -m hrnet_edge.pipeline.stages export-worker RUN OUT [--force] target:precision...``"""
+    from hrnet_edge.pipeline.jobs import JobFactory
     from hrnet_edge.runs import open_run
 
     _quiet_exporters()
@@ -230,7 +230,7 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
             return row
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "converters.check", str(run.root), target, precision],
+    proc = subprocess.run([sys.executable, "-m", "hrnet_edge.pipeline.checking", str(run.root), target, precision],
                           capture_output=True, text=True)
     if path.is_file():
         row = read_json(path)
@@ -248,11 +248,12 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
 
 def _summary(row: dict, secs: float) -> str:
     name = f"{row['target']}-{row['precision']}"
-    ap = row.get("metric", {}).get("AP")
+    metric = row.get("metric_name")
+    value = row.get("metric", {}).get(metric) if metric else None
     lat = row.get("latency", {}).get("p50_ms")
     bits = [f"[check] {name}: {row['status']}"]
-    if ap is not None:
-        bits.append(f"AP {ap:.4f}")
+    if value is not None:
+        bits.append(f"{metric} {value:.4f}")
     if lat is not None:
         bits.append(f"p50 {lat:.2f} ms")
     if row.get("reason"):
@@ -263,4 +264,4 @@ def _summary(row: dict, secs: float) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "export-worker":
         sys.exit(_export_worker_main(sys.argv[2:]))
-    sys.exit(f"usage: python -m hrnet_edge.stages export-worker RUN OUT [--force] target:precision...")
+    sys.exit("usage: python -m hrnet_edge.pipeline.stages export-worker RUN OUT [--force] target:precision...")

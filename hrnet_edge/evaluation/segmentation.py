@@ -1,0 +1,210 @@
+"""Semantic segmentation metrics of any logits-producing callable: mIoU and accuracies.
+
+The model under test is a plain callable ``np.ndarray (N, 3, H, W) float32 RGB 0..1 ->
+np.ndarray (N, K, h, w)`` logits (stride 4 for HRNetV2), so the PyTorch model and every
+exported artifact are evaluated by the same code. Logits are upsampled bilinearly to
+the label size (``align_corners=False``, as PyTorch's ``F.interpolate``) before the
+argmax, and pixels accumulate into one confusion matrix over the whole set, so mIoU is
+the dataset-level IoU as Cityscapes reports it, not a mean of per-image IoUs.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hrnet_edge.evaluation.batching import run_batched
+
+from hrnet_edge.errors import DataError
+
+InferFn = Callable[[np.ndarray], Any]
+
+
+@dataclass
+class SegEvalResult:
+    """Outcome of :func:`evaluate_segmentation`.
+
+    Attributes:
+        metrics: see :func:`seg_metrics`, plus ``num_images``.
+        labels_pred: (N, H, W) uint8 predicted class ids at the input resolution.
+        logits: (N, K, h, w) float32 raw (flip-averaged) outputs when asked for, else None.
+        confusion: (K, K) int64 confusion matrix (rows ground truth, columns prediction).
+    """
+
+    metrics: dict[str, Any]
+    labels_pred: np.ndarray = field(repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    confusion: np.ndarray | None = field(default=None, repr=False)
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
+                     ignore_index: int = 255) -> np.ndarray:
+    """Pixel confusion matrix of predicted against ground-truth class ids.
+
+    Args:
+        pred: predicted ids, any shape.
+        gt: ground-truth ids, the same shape; ``ignore_index`` pixels are skipped.
+        num_classes: K.
+        ignore_index: label value that does not count.
+
+    Returns:
+        (K, K) int64, rows ground truth, columns prediction.
+
+    Raises:
+        ValueError: shapes differ, or a counted pixel holds an id outside 0..K-1.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
+    keep = gt != ignore_index
+    p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+    for name, v in (("label", g), ("prediction", p)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            raise ValueError(f"{name} ids must lie in 0..{num_classes - 1} (or be {ignore_index} "
+                             f"in the label), got {v.min()}..{v.max()}")
+    return np.bincount(g * num_classes + p, minlength=num_classes * num_classes) \
+        .reshape(num_classes, num_classes)
+
+
+def seg_metrics(conf: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """mIoU, pixel accuracy and mean class accuracy of a confusion matrix.
+
+    A class that neither occurs in the ground truth nor is predicted has no IoU: it is
+    left out of the mean (its ``per_class_IoU`` is None) and listed in
+    ``absent_classes``. A class predicted but absent from the ground truth has IoU 0.
+
+    Args:
+        conf: (K, K) confusion matrix, rows ground truth, columns prediction.
+        class_names: K names (default ``"0"``, ``"1"``, ...).
+
+    Returns:
+        dict with ``mIoU``, ``pixel_acc``, ``mean_acc`` (mean recall over classes present
+        in the ground truth), ``per_class_IoU`` (name -> IoU or None),
+        ``absent_classes`` and ``num_pixels``. Metrics are NaN when no pixel counted.
+    """
+    conf = np.asarray(conf, np.int64)
+    k = conf.shape[0]
+    if conf.shape != (k, k):
+        raise ValueError(f"confusion matrix must be square, got shape {conf.shape}")
+    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
+    tp = np.diag(conf).astype(np.float64)
+    gt_px, pred_px = conf.sum(1).astype(np.float64), conf.sum(0).astype(np.float64)
+    union = gt_px + pred_px - tp
+    present = union > 0
+    iou = np.divide(tp, union, out=np.zeros(k), where=present)
+    total = float(conf.sum())
+    nan = float("nan")
+    return {
+        "mIoU": float(iou[present].mean()) if present.any() else nan,
+        "pixel_acc": float(tp.sum() / total) if total else nan,
+        "mean_acc": float((tp[gt_px > 0] / gt_px[gt_px > 0]).mean()) if total else nan,
+        "per_class_IoU": {n: (float(v) if p else None) for n, v, p in zip(names, iou, present)},
+        "absent_classes": [n for n, p in zip(names, present) if not p],
+        "num_pixels": int(total),
+    }
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear resizing with half-pixel centres."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, None)  # as PyTorch: no extrapolation before the first centre
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (..., h, w) logits to (..., H, W), ``align_corners=False``.
+
+    Separable NumPy interpolation matching ``torch.nn.functional.interpolate(...,
+    mode="bilinear", align_corners=False)``; unlike ``cv2.resize`` it has no limit on
+    the number of channels (ADE20K has 150 classes).
+    """
+    x = np.asarray(logits, np.float32)
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    y0, y1, wy = _axis_weights(h, size[0])
+    x0, x1, wx = _axis_weights(w, size[1])
+    rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def _run(infer: InferFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Logits of one batch; with ``fixed_batch`` every call gets exactly that many images."""
+    return run_batched(infer, batch, fixed_batch, 4, "logits (N, K, h, w)")
+
+
+def _predict(infer: InferFn, images: np.ndarray, flip_test: bool,
+             fixed_batch: int | None) -> np.ndarray:
+    logits = _run(infer, images, fixed_batch)
+    if flip_test:
+        # Logits are on a pixel-centre grid aligned with the input, so mirroring the
+        # mirrored input's logits lines them up exactly.
+        flipped = _run(infer, np.ascontiguousarray(images[..., ::-1]), fixed_batch)
+        logits = 0.5 * (logits + flipped[..., ::-1])
+    return logits
+
+
+def evaluate_segmentation(infer: InferFn, dataset, batch_size: int = 8, flip_test: bool = False,
+                          max_images: int | None = None, keep_logits: bool = False,
+                          progress: bool = False, fixed_batch: int | None = None) -> SegEvalResult:
+    """Evaluate a logits callable on a :class:`~hrnet_edge.data.segmentation.SegDataset`.
+
+    Images and labels use the dataset's evaluation transform (whole image resized to
+    ``input_size``, never augmented). Logits are upsampled to the label size, argmaxed
+    and accumulated into one confusion matrix.
+
+    Args:
+        infer: ``(N, 3, H, W) float32 RGB 0..1 -> (N, K, h, w)`` logits.
+        dataset: anything with ``stack_images``, ``stack_labels``, ``num_classes``,
+            ``class_names``, ``ignore_index`` and ``len()``.
+        batch_size: images decoded and evaluated together.
+        flip_test: average with the mirrored input's logits (mirrored back).
+        max_images: evaluate only the first ``max_images`` images.
+        keep_logits: keep the raw logits (memory: N*K*h*w floats).
+        progress: show a tqdm bar.
+        fixed_batch: the callable takes exactly this many images per call (1: one image
+            at a time, e.g. artifacts exported with a static batch); a short last call is
+            padded with copies and the padding's outputs dropped. None: whole batches.
+
+    Returns:
+        SegEvalResult with metrics, predicted labels and optionally logits.
+
+    Raises:
+        DataError: the dataset is empty.
+        ValueError: bad batch sizes, or logits whose class count differs from the dataset.
+    """
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    if n <= 0:
+        raise DataError("the segmentation dataset has no image to evaluate")
+    if batch_size < 1 or (fixed_batch is not None and fixed_batch < 1):
+        raise ValueError(f"batch_size and fixed_batch must be >= 1, got {batch_size}, {fixed_batch}")
+    k = dataset.num_classes
+    conf = np.zeros((k, k), np.int64)
+    preds, kept = [], []
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="evaluate", unit="batch")
+    for s in starts:
+        idx = list(range(s, min(n, s + batch_size)))
+        logits = _predict(infer, dataset.stack_images(idx), flip_test, fixed_batch)
+        if logits.shape[1] != k:
+            raise ValueError(f"infer returned {logits.shape[1]} classes, the dataset has {k}")
+        labels = dataset.stack_labels(idx)
+        # One image at a time: full-resolution logits of a batch would take N*K*H*W floats.
+        pred = np.stack([upsample_logits(lg, labels.shape[1:]).argmax(0) for lg in logits])
+        conf += confusion_matrix(pred, labels, k, dataset.ignore_index)
+        preds.append(pred.astype(np.uint8))
+        if keep_logits:
+            kept.append(logits)
+    metrics = seg_metrics(conf, dataset.class_names)
+    metrics["num_images"] = n
+    return SegEvalResult(metrics=metrics, labels_pred=np.concatenate(preds),
+                         logits=np.concatenate(kept) if kept else None, confusion=conf)
