@@ -43,11 +43,11 @@ model = "hrnet_w8_cls"
 input_size = [64, 64]
 num_outputs = 10
 [data]
-synthetic_train_per_class = 40
-synthetic_val_per_class = 8
+synthetic_train_per_class = 60
+synthetic_val_per_class = 10
 workers = 0
 [train]
-epochs = 4
+epochs = 5
 batch_size = 32
 [qat]
 calibration_images = 16

@@ -34,7 +34,8 @@ class ClsData:
     synthetic_image_size: tuple[int, int] = (96, 96)
     seed: int = 0
     workers: int = 1
-    scale_range: tuple[float, float] = (0.35, 1.0)  # random-resized-crop area fraction
+    # random-resized-crop area fraction; below ~0.5 a crop often cut the object away
+    scale_range: tuple[float, float] = (0.6, 1.0)
     flip: bool = True
 
 
@@ -56,8 +57,10 @@ class ClsTask(Task):
     shown_metrics = ("top1", "top5")
     default_overrides = {"input_size": (64, 64), "num_outputs": 10}
     recipes = {
-        "quick": {"epochs": 15, "batch_size": 32, "lr": 0.1, "weight_decay": 5e-5, "optimizer": "sgd",
-                  "momentum": 0.9, "schedule": "cosine", "label_smoothing": 0.1, "warmup_epochs": 1},
+        # AdamW trains this small net from scratch far faster than SGD at lr 0.1, which
+        # stayed at chance for the first epochs here
+        "quick": {"epochs": 12, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.05, "optimizer": "adamw",
+                  "schedule": "cosine", "label_smoothing": 0.1, "warmup_epochs": 1},
         # HRNet on ImageNet (Wang et al. 2020): SGD momentum 0.9, lr 0.1 (batch 256),
         # x0.1 at epochs 30, 60, 90, 100 epochs, wd 1e-4, 224x224 (set input_size)
         "paper": {"epochs": 100, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4, "optimizer": "sgd",
