@@ -14,7 +14,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Sequence
 
 from hrnet_edge.errors import DataError
 
@@ -77,3 +78,12 @@ def reuse_or_build(root: Path, params: dict, build: Callable[[Path], None], reus
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return False
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(job) for job in jobs]``, in ``workers`` processes when there is more than one
+    of each (each job draws from its own seed, so the output does not depend on it)."""
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(job) for job in jobs]

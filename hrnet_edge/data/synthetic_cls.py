@@ -9,14 +9,13 @@ only when the parameters changed, with the same contract as
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from hrnet_edge.data.synthetic_cls_render import CLASS_NAMES, render_image
-from hrnet_edge.data.generated import reuse_or_build
+from hrnet_edge.data.generated import reuse_or_build, run_jobs
 from hrnet_edge.errors import DataError
 
 GENERATOR_VERSION = 2
@@ -47,12 +46,7 @@ def _write_split(tmp: Path, split_idx: int, count: int, params: dict, workers: i
         out.mkdir(parents=True)
         jobs += [(str(out), split_idx, class_idx, s, min(count, s + chunk),
                   tuple(params["image_size"]), params["seed"]) for s in range(0, count, chunk)]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(_render_chunk, jobs))
-    else:
-        for job in jobs:
-            _render_chunk(job)
+    run_jobs(_render_chunk, jobs, workers)
 
 
 def _paths(root: Path) -> dict[str, Path]:

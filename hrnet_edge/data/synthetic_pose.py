@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,7 @@ import numpy as np
 
 from hrnet_edge.data.keypoints import coco_person_category
 from hrnet_edge.data.synthetic_pose_render import render_image
-from hrnet_edge.data.generated import reuse_or_build
+from hrnet_edge.data.generated import reuse_or_build, run_jobs
 from hrnet_edge.errors import DataError
 
 GENERATOR_VERSION = 5
@@ -52,11 +51,7 @@ def _write_split(tmp: Path, split_idx: int, count: int, params: dict, workers: i
     chunk = max(1, -(-count // max(1, workers * 4)))
     jobs = [(str(img_dir), split_idx, s, min(count, s + chunk), tuple(params["image_size"]),
              params["seed"], params["jpeg_quality"]) for s in range(0, count, chunk)]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(_render_split, jobs))
-    else:
-        parts = [_render_split(j) for j in jobs]
+    parts = run_jobs(_render_split, jobs, workers)
     images = [im for p in parts for im in p[0]]
     anns = [a for p in parts for a in p[1]]
     for k, a in enumerate(anns, start=1):

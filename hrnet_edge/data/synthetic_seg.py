@@ -10,14 +10,13 @@ atomically and only when the parameters changed, so that
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from hrnet_edge.data.synthetic_seg_scene import render_street
-from hrnet_edge.data.generated import reuse_or_build
+from hrnet_edge.data.generated import reuse_or_build, run_jobs
 from hrnet_edge.errors import DataError
 
 GENERATOR_VERSION = 1
@@ -61,12 +60,7 @@ def _write_split(tmp: Path, split_idx: int, count: int, params: dict, workers: i
     chunk = max(1, -(-count // max(1, workers * 4)))
     jobs = [(str(tmp), split_idx, s, min(count, s + chunk), tuple(params["image_size"]),
              params["seed"]) for s in range(0, count, chunk)]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(_render_range, jobs))
-    else:
-        for job in jobs:
-            _render_range(job)
+    run_jobs(_render_range, jobs, workers)
 
 
 def _paths(root: Path) -> dict[str, Path]:

@@ -48,6 +48,17 @@ class EvalResult:
     ids: np.ndarray | None = None
 
 
+# Pass/fail thresholds for tasks whose outputs are class logits (seg, cls): errors
+# relative to the logits' range; agreement of the argmax with the reference's; INT8 must
+# stay within one point of the metric of the model it came from.
+LOGIT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"max_rel_abs": 1e-3, "min_cosine": 0.9999, "min_agreement": 0.995, "max_metric_drop": 0.005},
+    "fp16": {"max_rel_abs": 3e-2, "min_cosine": 0.999, "min_agreement": 0.98, "max_metric_drop": 0.01},
+    "bf16": {"max_rel_abs": 1e-1, "min_cosine": 0.99, "min_agreement": 0.95, "max_metric_drop": 0.03},
+    "int8": {"max_rel_abs": 5e-1, "min_cosine": 0.95, "min_agreement": 0.9, "max_metric_drop": 0.01},
+}
+
+
 class Task:
     """Base class of the tasks; subclasses fill in the class attributes and methods."""
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hrnet_edge.errors import ConfigError
-from hrnet_edge.tasks.base import EvalResult, Task, register
+from hrnet_edge.tasks.base import LOGIT_THRESHOLDS, EvalResult, Task, register
 
 if TYPE_CHECKING:
     from hrnet_edge.runconfig import RunConfig
@@ -68,13 +68,7 @@ class ClsTask(Task):
                   "warmup_epochs": 0},
     }
     # Relative to the logits' own range; top-1 agreement with the reference's classes.
-    thresholds = {
-        "fp32": {"max_rel_abs": 1e-3, "min_cosine": 0.9999, "min_agreement": 0.995, "max_metric_drop": 0.005},
-        "fp16": {"max_rel_abs": 3e-2, "min_cosine": 0.999, "min_agreement": 0.98, "max_metric_drop": 0.01},
-        "bf16": {"max_rel_abs": 1e-1, "min_cosine": 0.99, "min_agreement": 0.95, "max_metric_drop": 0.03},
-        # INT8 must stay within one top-1 point of the model it came from
-        "int8": {"max_rel_abs": 5e-1, "min_cosine": 0.95, "min_agreement": 0.9, "max_metric_drop": 0.01},
-    }
+    thresholds = LOGIT_THRESHOLDS
 
     def validate(self, cfg: RunConfig) -> None:
         lo, hi = cfg.data.scale_range
