@@ -164,8 +164,10 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     t0 = time.perf_counter()
     with torch.no_grad():
         if job.precision == "int8":
+            carry_from = job.qat_model if meta["source_model"] == "qat" and job.options.get("carry_qat_ranges", True) else None
             ep, quant = _quantize_pt2e(model, example, job.calibration, meta["source_model"],
-                                       int(job.options.get("calibration_batch", CALIBRATION_BATCH)))
+                                       int(job.options.get("calibration_batch", CALIBRATION_BATCH)),
+                                       carry_from=carry_from)
             timings["quantize"] = round(time.perf_counter() - t0, 2)
         else:
             ep, quant = torch.export.export(model, (example,)), None
@@ -178,8 +180,12 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
 
 
 def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
-                   batch: int = CALIBRATION_BATCH):
-    """PT2E post-training quantization for XNNPACK; returns an ExportedProgram.
+                   batch: int = CALIBRATION_BATCH, carry_from=None):
+    """PT2E quantization for XNNPACK; returns an ExportedProgram and its facts.
+
+    With ``carry_from`` (the NNCF QAT model ``model`` was stripped from), every
+    activation observer that reads a tensor QAT quantized takes QAT's learned range
+    (:func:`quantization.carry.carry_qat_ranges`); the others keep their calibration.
 
     Calibration runs on a copy exported with a dynamic batch: the default activation
     observer (HistogramObserver) costs about the same per call whatever the batch,
@@ -204,9 +210,18 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
     prepared = prepare_pt2e(graph, quantizer)
     for i in range(0, len(images), batch):
         prepared(torch.from_numpy(np.ascontiguousarray(images[i:i + batch], dtype=np.float32)))
+    carried = None
+    if carry_from is not None:
+        from quantization.carry import carry_qat_ranges
+
+        probe = torch.from_numpy(np.ascontiguousarray(images[:2], dtype=np.float32))
+        carried = carry_qat_ranges(prepared, carry_from, probe)
     converted = convert_pt2e(prepared)
+    method = (f"PT2E with the activation ranges NNCF QAT learned ({carried.carried} observers); "
+              f"{carried.calibrated} observers calibrated on {len(images)} images"
+              if carried is not None else f"PT2E post-training quantization calibrated on {len(images)} images")
     facts = {
-        "method": f"PT2E post-training quantization calibrated on {len(images)} images",
+        "method": method,
         "quantizer": "executorch XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
         "weights": "int8 symmetric per output channel",
         "activations": "int8 per tensor, affine (histogram observer)",
@@ -215,6 +230,8 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
         else "model (float weights)",
         "io": "float32 in and out; quantize/dequantize run inside the graph",
     }
+    if carried is not None:
+        facts.update(carried.facts())
     # The deployed program has the static batch of 1 that the float export has.
     return torch.export.export(converted, (example,)), facts
 

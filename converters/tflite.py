@@ -329,6 +329,21 @@ def _delegation(path: Path) -> dict[str, Any]:
             "non_delegated_ops": dict(sorted(left.items()))}
 
 
+def _carry_qat_ranges(job: ExportJob, conversion: Path, path: Path, calib: np.ndarray) -> dict[str, Any]:
+    """Write the QAT model's activation ranges into the INT8 file at ``path``."""
+    import torch
+
+    from converters.tflite_ranges import carry_ranges_to_tflite
+    from quantization.carry import qat_activation_tensors
+
+    float_path = conversion / f"model_{SUFFIXES['fp32']}.tflite"
+    if not float_path.is_file():
+        raise ExportError(f"onnx2tf wrote no {float_path.name}, which carrying the QAT ranges needs")
+    probe = np.ascontiguousarray(calib[:2], dtype=np.float32)
+    qat = qat_activation_tensors(job.qat_model, torch.from_numpy(probe))
+    return carry_ranges_to_tflite(path, float_path, qat, probe, calibration=calib)
+
+
 class TfliteTarget(Target):
     """TFLite via onnx2tf from ``job.onnx_path``; runs on the LiteRT interpreter."""
 
@@ -358,14 +373,18 @@ class TfliteTarget(Target):
                                   f"{sorted(p.name for p in out.glob('*.tflite'))}")
             path = stage / f"model{self.suffix}"
             shutil.copyfile(produced, path)
-            meta = self._metadata(job, path, int8_io)
+            carried = None
+            if job.precision == "int8" and job.qat_model is not None and job.options.get("carry_qat_ranges", True):
+                carried = _carry_qat_ranges(job, out, path, calib)
+            meta = self._metadata(job, path, int8_io, carried)
             _embed(path, embedded_json(meta))
             write_metadata(stage, meta, path)
         final = Path(job.out_dir)
         return Artifact(self.name, job.precision, final / path.name, final / "metadata.json",
                         list(meta["notes"]))
 
-    def _metadata(self, job: ExportJob, path: Path, int8_io: bool) -> dict[str, Any]:
+    def _metadata(self, job: ExportJob, path: Path, int8_io: bool,
+                  carried: dict[str, Any] | None = None) -> dict[str, Any]:
         fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")
         flex = sorted({n for n in _op_names(fb.read_model(str(path)))[1] if n.startswith("Flex")})
         if flex:  # the stock LiteRT interpreter has no TF Select kernels
@@ -382,6 +401,12 @@ class TfliteTarget(Target):
             quant = {"tool": "onnx2tf full-integer", "weights": "int8 per-channel",
                      "activations": "int8 per-tensor", "calibration_images": int(len(job.calibration)),
                      "io": "int8" if int8_io else "float32 (QUANTIZE/DEQUANTIZE inside the graph)"}
+            if carried is not None:
+                quant["method"] = (f"onnx2tf full-integer conversion, then the activation ranges NNCF QAT "
+                                   f"learned written into {carried['activation_ranges_from_qat']} tensors; "
+                                   f"{carried['activation_ranges_recalibrated']} min/max-calibrated on their own "
+                                   f"(input normalization), {carried['activation_ranges_calibrated']} keep onnx2tf's")
+                quant.update(carried)
         if job.precision == "fp16":
             notes.append("fp16 weights dequantized to fp32 at load; compute is fp32 on CPU")
         return finish_metadata(job.metadata, self.name, job.precision, input=inp, output=out,

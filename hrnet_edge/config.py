@@ -73,6 +73,11 @@ class ModelConfig:
         num_outputs: keypoints (pose), classes (seg, det, cls).
         input_size: default (height, width).
         head_channels: channels of the detection pyramid and tower.
+        cls_planes / cls_features: the classification head's bottleneck planes per
+            branch (x4 channels out) and the channels before pooling. The papers use
+            (32, 64, 128, 256) and 2048 at every width (about 10 M of W18's 21 M
+            parameters); the edge widths scale them with the backbone (W8: its branch
+            widths and 512), so hrnet_w8_cls stays a 1 M-parameter model.
         pose_head: ``"v1"``, the papers' pose head (a 1x1 conv on the high-resolution
             stream), or ``"v2"``, a 1x1 conv on the HRNetV2 representation (all four
             streams upsampled and concatenated). The edge widths use ``"v2"``: from W8's
@@ -94,6 +99,8 @@ class ModelConfig:
     num_outputs: int
     input_size: tuple[int, int]
     head_channels: int = 256
+    cls_planes: tuple[int, int, int, int] = (32, 64, 128, 256)
+    cls_features: int = 2048
     pose_head: str = "v1"
     det_levels: int = 4
     head_upsample_mode: str = "bilinear"
@@ -117,6 +124,9 @@ class ModelConfig:
             raise unknown_choice("head_upsample_mode", self.head_upsample_mode, UPSAMPLE_MODES)
         if self.pose_head not in POSE_HEADS:
             raise unknown_choice("pose_head", self.pose_head, POSE_HEADS)
+        if len(self.cls_planes) != 4 or min(self.cls_planes) < 1 or self.cls_features < 1:
+            raise ConfigError(f"cls_planes must be 4 positive ints and cls_features positive, "
+                              f"got {self.cls_planes}, {self.cls_features}")
         if not 1 <= self.det_levels <= 5:
             raise ConfigError("det_levels must be between 1 and 5")
 
@@ -240,6 +250,10 @@ def _build_table() -> dict[str, ModelConfig]:
             if width_name in EDGE_WIDTHS:
                 defaults["head_channels"] = 64
                 defaults["pose_head"] = "v2"
+                if task == "cls":
+                    branches = tuple(backbone.width * 2 ** i for i in range(4))
+                    defaults["cls_planes"] = branches
+                    defaults["cls_features"] = 8 * branches[-1]
             table[name] = ModelConfig(
                 name=name, width_name=width_name, task=task, backbone=backbone,
                 published_params_m=pub.get("params"), published_gflops=pub.get("gflops"),

@@ -107,18 +107,19 @@ class DetHead(nn.Module):
 
 
 class ClsHead(nn.Module):
-    """The classification head: each branch through one bottleneck to 32/64/128/256
-    planes (x4), strided 3x3 convs that merge high into low resolution step by step,
-    a 1x1 conv to 2048, global average pooling and a linear classifier."""
+    """The classification head: each branch through one bottleneck to ``planes`` (x4;
+    the papers' 32/64/128/256), strided 3x3 convs that merge high into low resolution
+    step by step, a 1x1 conv to ``features`` (the papers' 2048), global average pooling
+    and a linear classifier."""
 
-    def __init__(self, channels: tuple[int, ...], num_classes: int):
+    def __init__(self, channels: tuple[int, ...], num_classes: int,
+                 planes: tuple[int, ...] = (32, 64, 128, 256), features: int = 2048):
         super().__init__()
-        planes = (32, 64, 128, 256)
         self.incre = nn.ModuleList(Bottleneck(c, p) for c, p in zip(channels, planes))
         outs = [p * Bottleneck.expansion for p in planes]
         self.down = nn.ModuleList(conv_bn(outs[i], outs[i + 1], 3, 2) for i in range(3))
-        self.final = conv_bn(outs[-1], 2048, 1)
-        self.fc = nn.Linear(2048, num_classes)
+        self.final = conv_bn(outs[-1], features, 1)
+        self.fc = nn.Linear(features, num_classes)
 
     def forward(self, xs):
         y = self.incre[0](xs[0])

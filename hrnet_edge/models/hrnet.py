@@ -46,7 +46,7 @@ class HRNet(nn.Module):
             self.head = DetHead(ch, cfg.num_outputs, cfg.head_channels, cfg.det_levels,
                                 cfg.head_upsample_mode, cfg.head_align_corners)
         else:
-            self.head = ClsHead(ch, cfg.num_outputs)
+            self.head = ClsHead(ch, cfg.num_outputs, cfg.cls_planes, cfg.cls_features)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -29,8 +29,8 @@ class ClsData:
     train_split: str = "train"
     val_split: str = "val"
     synthetic_classes: int = 10
-    synthetic_train_per_class: int = 150
-    synthetic_val_per_class: int = 30
+    synthetic_train_per_class: int = 400
+    synthetic_val_per_class: int = 50
     synthetic_image_size: tuple[int, int] = (96, 96)
     seed: int = 0
     workers: int = 1
