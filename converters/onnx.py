@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
     write_metadata,
 )
+from converters.onnx_fold import fold_batchnorm
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
 from hrnet_edge.io import atomic_path
@@ -167,6 +169,13 @@ class OnnxTarget(Target):
             else:
                 quant = self._export_int8(job, path, input_size, notes)
             model = onnx.load(str(path))
+            if quant is not None and job.options.get("fold_batchnorm", True):
+                folded = fold_batchnorm(model)
+                quant["batchnorm_folded_into_conv"] = folded["folded"]
+                quant["batchnorm_left"] = folded["left"]
+                notes.append(f"int8: {folded['folded']} BatchNorm folded into the quantized convolutions "
+                             "(integer weights unchanged, per-channel scales absorb gamma/sigma) so ONNX "
+                             "Runtime fuses them into QLinearConv")
             onnx.checker.check_model(model)
             _check_runnable(model, job.precision)
             meta = finish_metadata(
@@ -214,7 +223,25 @@ class OnnxTarget(Target):
             "dequantize_linear": ops.get("DequantizeLinear", 0),
             "embedded_metadata": any(p.key == EMBED_KEY for p in model.metadata_props),
             "metadata_json": (Path(artifact_dir) / "metadata.json").exists(),
+            "runtime_graph": _runtime_ops(path),
         }
+
+
+def _runtime_ops(path: Path) -> dict[str, Any]:
+    """What ONNX Runtime runs after its graph optimizations: integer convolutions
+    (``QLinearConv``, or ``ConvInteger``) against convolutions left in float."""
+    ort = require("onnxruntime", "onnx")
+    onnx = require("onnx", "onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return {"integer_convs": ops.get("QLinearConv", 0) + ops.get("ConvInteger", 0),
+            "float_convs": ops.get("Conv", 0) + ops.get("FusedConv", 0),
+            "op_counts": dict(sorted(ops.items()))}
 
 
 def _check_runnable(model, precision: str) -> None:

@@ -64,6 +64,9 @@ class ExportConfig:
     precisions: tuple[str, ...] = ()
     calibration_images: int = 64
     parallel: bool = True  # ExecuTorch in a second process beside the other targets
+    # TFLite and ExecuTorch INT8 take the activation ranges QAT learned (False: the
+    # tools' own calibration on the QAT weights)
+    carry_qat_ranges: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a run configuration is a table/object, got {type(data).__name__}")
     data = dict(data)
-    sections = {name: build_section(cls, data.pop(name, {}), name) for name, cls in SECTIONS.items()}
+    raw_sections = {name: data.pop(name, {}) for name in SECTIONS}
     per_task = {name: data.pop(name, {}) for name in ("data", "eval", "train")}
     top = build_section(RunConfig, data, "top level")
     model_cfg = get_config(top.model)  # raises ConfigError on a bad model name
@@ -138,6 +141,9 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     train = per_task["train"]
     if isinstance(train, dict):
         train = {**task.recipes[top.recipe], **train}
+    if isinstance(raw_sections["qat"], dict):  # the task's QAT schedule, then the file's keys
+        raw_sections["qat"] = {**task.qat_defaults, **raw_sections["qat"]}
+    sections = {name: build_section(cls, raw_sections[name], name) for name, cls in SECTIONS.items()}
     cfg = dataclasses.replace(
         top, model_overrides=overrides, **sections,
         data=build_section(task.data_config, per_task["data"], "data"),

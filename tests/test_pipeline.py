@@ -100,6 +100,11 @@ def test_pipeline_writes_the_run_directory(pipeline_run):
         assert m["task"] == "pose" and m["variant"] == "hrnet_w8_pose"
         assert m["source_model"] == ("qat" if m["precision"] == "int8" else "fp32")
         assert m["output"]["keypoint_names"][0] == "nose" and m["input"]["layout"]
+        if m["target"] in ("tflite", "executorch") and m["precision"] == "int8":
+            # the INT8 program keeps every activation range QAT learned
+            q = m["quantization"]
+            assert q["qat_activation_quantizers"] > 50 and q["qat_activation_quantizers_unmatched"] == 0, q
+            assert q["activation_ranges_from_qat"] >= q["qat_activation_quantizers"] - 5, q
     # re-running a stage alone reuses the run: nothing is re-trained
     before = (run / "checkpoints/best.safetensors").stat().st_mtime
     assert main(["train", "--run", str(run), "--no-progress"]) == 0

@@ -43,6 +43,16 @@ def test_recipes_and_user_values():
     assert paper.train.epochs == 3 and paper.train.lr == 0.01 and paper.train.batch_size == 12
     cls = run_config_from_dict({"model": "hrnet_w8_cls", "recipe": "paper"})
     assert cls.train.schedule == "step" and cls.train.milestones == (30, 60, 90)
+    # the task's QAT schedule, under what the file sets
+    assert (cls.qat.epochs, cls.qat.lr) == (2, 1e-4)
+    mine = run_config_from_dict({"model": "hrnet_w8_cls", "qat": {"lr": 3e-5}})
+    assert (mine.qat.epochs, mine.qat.lr) == (2, 3e-5)
+    assert run_config_from_dict({"model": "hrnet_w8_pose"}).qat.lr == 1e-5
+    assert run_config_from_dict({"model": "hrnet_w8_pose"}).export.carry_qat_ranges is True
+    assert not run_config_from_dict({"model": "hrnet_w8_pose", "export": {"carry_qat_ranges": False}}
+                                    ).export.carry_qat_ranges
+    with pytest.raises(ConfigError, match="qat"):
+        run_config_from_dict({"model": "hrnet_w8_cls", "qat": {"lr_typo": 1}})
     with pytest.raises(ConfigError, match="unknown recipe 'fast' for task seg; valid: quick, paper"):
         run_config_from_dict({"model": "hrnet_w8_seg", "recipe": "fast"})
     with pytest.raises(ConfigError, match="schedule 'linear' is not known"):

@@ -83,6 +83,7 @@ class JobFactory:
         if int8:
             job.qat_model = self.qat_model
             job.qat_float_model = self.qat_float_model
+            job.options["carry_qat_ranges"] = self.cfg.export.carry_qat_ranges
         if target == "tflite":
             job.onnx_path = self.onnx_for("qat" if int8 else "fp32")
         return job

@@ -76,6 +76,8 @@ class Task:
     default_overrides: ClassVar[dict[str, Any]] = {}
     # named training recipes: [train] values a run starts from ("quick" is the default)
     recipes: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}}
+    # [qat] values a run starts from (a value the run configuration sets wins)
+    qat_defaults: ClassVar[dict[str, Any]] = {}
 
     # --- configuration -----------------------------------------------------------------
     def validate(self, cfg: RunConfig) -> None:
