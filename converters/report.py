@@ -39,7 +39,8 @@ def build_report(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     write_json(run.report_json, report)
     write_text(run.report_md, render_markdown(report))
-    plot_pareto(run.root / "pareto.png", rows, task.metric, task.metric_label)
+    plot_pareto(run.root / "pareto.png", rows, task.metric, task.metric_label,
+                machine=report["machine"].get("processor"))
     return report
 
 
@@ -67,12 +68,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| target | precision | status | size (KB) | ref | max abs / range | PSNR dB | cosine | "
               f"{report['agreement_label']} | {label} | drop | p50 ms | p90 ms | peak MB | note |",
               "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in report["rows"]:
+    # A reason several rows share (Core ML's "runs only on macOS") is said once, below.
+    reasons = [" ".join((r.get("reason") or "").split()) for r in report["rows"]]
+    shared = [t for t in dict.fromkeys(reasons) if t and reasons.count(t) > 1]
+    for r, reason in zip(report["rows"], reasons):
         par, lat, met = r.get("parity", {}), r.get("latency", {}), r.get("metric", {})
         size = r.get("size_bytes")
-        note = (r.get("reason") or "").replace("|", "/")
-        if len(note) > 120:
-            note = note[:117] + "..."
+        note = f"note {shared.index(reason) + 1}" if reason in shared else reason.replace("|", "/")
         lines.append("| " + " | ".join([
             r["target"], r["precision"], STATUS_TEXT.get(r.get("status"), str(r.get("status"))),
             _f(size / 1024 if size else None, ".0f"), r.get("reference", "-"),
@@ -81,27 +83,68 @@ def render_markdown(report: dict[str, Any]) -> str:
             _f(lat.get("p50_ms"), ".2f"), _f(lat.get("p90_ms"), ".2f"), _f(r.get("peak_rss_mb"), ".0f"), note,
         ]) + " |")
     s = report["summary"]
+    lines += [""] + [f"Note {i}: {text}" for i, text in enumerate(shared, 1)]
     lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in s.items() if v), ""]
     return "\n".join(lines)
 
 
-def plot_pareto(path: Path, rows: list[dict[str, Any]], metric: str, label: str) -> None:
-    """Latency (p50) against the task metric, one point per target x precision that ran."""
+RUNTIME_COLORS = {"pytorch": "#7f7f7f", "onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e",
+                  "executorch": "#2ca02c", "coreml": "#d62728"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and metric (higher),
+    by increasing latency."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_pareto(path: Path, rows: list[dict[str, Any]], metric: str, label: str,
+                machine: str | None = None) -> None:
+    """Latency (p50, log axis) against the task metric: colour per runtime, marker per
+    precision, a legend instead of point labels (they overlap on a 2-core host where
+    most artifacts run in 1 to 3 ms), and the Pareto front of the exported artifacts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    pts = [(r["latency"]["p50_ms"], r["metric"][metric], f"{r['target']}-{r['precision']}")
-           for r in rows if r.get("latency") and r.get("metric")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x, y, name in pts:
-        ax.scatter(x, y)
-        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("latency p50 (ms, host CPU, batch 1)")
+    pts = [(r["latency"]["p50_ms"], r["metric"][metric], r["target"], r["precision"])
+           for r in rows if r.get("latency") and r.get("metric") and r["latency"].get("p50_ms")]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for x, y, target, precision in pts:
+        ax.scatter(x, y, s=46, c=RUNTIME_COLORS.get(target, "black"),
+                   marker=PRECISION_MARKERS.get(precision, "x"), edgecolors="black", linewidths=0.4,
+                   alpha=0.55 if target == "pytorch" else 0.95, zorder=3)
+    front = pareto_front([(x, y) for x, y, target, _ in pts if target != "pytorch"])
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
+                linewidth=0.8, linestyle="--", zorder=2)
+    if pts:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")  # milliseconds as plain numbers, 1-2-5 steps labelled
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    runtimes = [t for t in RUNTIME_COLORS if any(p[2] == t for p in pts)]
+    precisions = [p for p in PRECISION_MARKERS if any(q[3] == p for q in pts)]
+    handles = [Line2D([], [], linestyle="", marker="o", color=RUNTIME_COLORS[t], label=t
+                      + (" (reference)" if t == "pytorch" else "")) for t in runtimes]
+    handles += [Line2D([], [], linestyle="", marker=PRECISION_MARKERS[p], color="black", markerfacecolor="white",
+                       label=p) for p in precisions]
+    if len(front) > 1:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="Pareto front (exports)"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.set_xlabel("latency p50, ms (log scale; batch 1, after warm-up)")
     ax.set_ylabel(f"{label} (validation)")
-    ax.set_title("latency vs accuracy per target x precision")
-    ax.grid(alpha=0.3)
+    ax.set_title(f"latency vs {label} per runtime x precision" + (f"\n{machine}" if machine else ""), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

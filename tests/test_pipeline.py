@@ -95,6 +95,9 @@ def test_pipeline_writes_the_run_directory(pipeline_run):
         assert (run / rel).exists(), rel
     md = (run / "report.md").read_text()
     assert "| openvino | int8 |" in md and "not runnable here" in md
+    # what the libraries printed went to the run's log, beside the project's own lines
+    log = (run / "logs" / "pipeline.log").read_text()
+    assert "[export] onnx-int8" in log and "[check] report" in log
     for meta in run.glob("exports/*/metadata.json"):
         m = json.loads(meta.read_text())
         assert m["task"] == "pose" and m["variant"] == "hrnet_w8_pose"

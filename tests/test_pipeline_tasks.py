@@ -43,11 +43,11 @@ model = "hrnet_w8_cls"
 input_size = [64, 64]
 num_outputs = 10
 [data]
-synthetic_train_per_class = 60
-synthetic_val_per_class = 10
+synthetic_train_per_class = 300
+synthetic_val_per_class = 40
 workers = 0
 [train]
-epochs = 5
+epochs = 6
 batch_size = 32
 [qat]
 calibration_images = 16

@@ -113,3 +113,7 @@ def test_failures_are_relative_to_the_outputs_range():
     assert task.failures("fp32", ok, 0.0) == []
     bad = task.failures("int8", {"rel_max_abs": 0.6, "cosine": 0.9, "agreement": 0.5}, 0.02)
     assert len(bad) == 4 and "pixel agreement 0.500 < 0.9" in bad[2] and "mIoU drop" in bad[3]
+    # a drop of exactly the limit passes, whatever float subtraction leaves over
+    cls = get_task("cls")
+    assert cls.failures("int8", ok, 0.19 - 0.18) == []
+    assert cls.failures("int8", ok, 0.19 - 0.17) == ["top-1 drop 0.0200 > 0.01"]

@@ -145,7 +145,9 @@ def _chunks(n: int, size: int, progress: bool):
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="evaluate", unit="chunk")
+        from hrnet_edge.console import bar_stream
+
+        starts = tqdm(starts, desc="evaluate", unit="chunk", file=bar_stream())
     return starts
 
 

@@ -71,7 +71,9 @@ def _batches(n: int, batch_size: int, progress: bool):
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="evaluate", unit="batch")
+        from hrnet_edge.console import bar_stream
+
+        starts = tqdm(starts, desc="evaluate", unit="batch", file=bar_stream())
     return starts
 
 

@@ -191,7 +191,9 @@ def evaluate_segmentation(infer: InferFn, dataset, batch_size: int = 8, flip_tes
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="evaluate", unit="batch")
+        from hrnet_edge.console import bar_stream
+
+        starts = tqdm(starts, desc="evaluate", unit="batch", file=bar_stream())
     for s in starts:
         idx = list(range(s, min(n, s + batch_size)))
         logits = _predict(infer, dataset.stack_images(idx), flip_test, fixed_batch)

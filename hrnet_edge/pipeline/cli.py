@@ -6,11 +6,15 @@ Each reads what the previous stage wrote, so any stage can be re-run alone:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
 
+from hrnet_edge.console import say
+
 DEFAULT_RUN = "runs/default"
+PROJECT_PREFIXES = ("[train]", "[qat]", "[export]", "[check]", "[pipeline]")
 
 
 def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
@@ -20,6 +24,8 @@ def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
         p.add_argument("--model", help="variant to train, e.g. hrnet_w8_seg (replaces the config's "
                                        "model; the task's defaults fill the rest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="show what the libraries print (by default it goes to RUN/logs/<command>.log)")
 
 
 def add_parsers(sub, command) -> None:
@@ -59,6 +65,29 @@ def _init(args, allow_new: bool):
     return open_run(root)
 
 
+@contextlib.contextmanager
+def _run_log(args, run, name: str):
+    """Third-party output of the command into ``RUN/logs/<name>.log`` (not with
+    ``--verbose``). When the command fails with an error, the log's last lines that
+    are not the project's own are shown; a non-zero exit names the log."""
+    from hrnet_edge.console import chatter_to, say, tail
+
+    result: dict = {}
+    with chatter_to(run.root / "logs" / f"{name}.log", enabled=not getattr(args, "verbose", False)) as path:
+        try:
+            yield result
+        except BaseException:
+            if path is not None:
+                lines = [line for line in tail(path, 400) if not line.startswith(PROJECT_PREFIXES)][-15:]
+                if lines:
+                    say(f"[{name}] the last lines the libraries printed ({path}):")
+                    for line in lines:
+                        say(f"    {line}")
+            raise
+    if path is not None and result.get("rc", 0) != 0:
+        say(f"[{name}] what the libraries printed: {path}")
+
+
 def _threads(cfg) -> None:
     import torch
 
@@ -69,9 +98,10 @@ def cmd_train(args) -> int:
     from hrnet_edge.pipeline.stages import stage_train
 
     run, cfg = _init(args, allow_new=True)
-    _threads(cfg)
-    state = stage_train(run, cfg, progress=not args.no_progress)
-    print(f"[train] best {cfg.task.metric_label} {state['best']:.4f}; checkpoints in {run.checkpoints}")
+    with _run_log(args, run, "train"):
+        _threads(cfg)
+        state = stage_train(run, cfg, progress=not args.no_progress)
+        say(f"[train] best {cfg.task.metric_label} {state['best']:.4f}; checkpoints in {run.checkpoints}")
     return 0
 
 
@@ -80,10 +110,11 @@ def cmd_qat(args) -> int:
 
     run, cfg = _init(args, allow_new=False)
     if (run.qat_dir / "metrics.json").is_file() and not args.force:
-        print(f"[qat] {run.qat_dir} exists; --force to redo")
+        say(f"[qat] {run.qat_dir} exists; --force to redo")
         return 0
-    _threads(cfg)
-    stage_qat(run, cfg, progress=not args.no_progress)
+    with _run_log(args, run, "qat"):
+        _threads(cfg)
+        stage_qat(run, cfg, progress=not args.no_progress)
     return 0
 
 
@@ -93,12 +124,14 @@ def cmd_export(args) -> int:
     run, cfg = _init(args, allow_new=False)
     if args.targets:
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, targets=tuple(args.targets)))
-    _threads(cfg)
-    rows = stage_export(run, cfg, force=args.force)
-    failed = [r for r in rows if r["status"] == "failed"]
-    print(f"[export] {sum(r['status'] == 'exported' for r in rows)} exported, "
-          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {len(failed)} failed -> {run.exports}")
-    return 1 if failed else 0
+    with _run_log(args, run, "export") as result:
+        _threads(cfg)
+        rows = stage_export(run, cfg, force=args.force)
+        failed = [r for r in rows if r["status"] == "failed"]
+        say(f"[export] {sum(r['status'] == 'exported' for r in rows)} exported, "
+            f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {len(failed)} failed -> {run.exports}")
+        result["rc"] = 1 if failed else 0
+    return result["rc"]
 
 
 def cmd_check(args) -> int:
@@ -106,10 +139,11 @@ def cmd_check(args) -> int:
     from hrnet_edge.pipeline.stages import stage_check
 
     run, cfg = _init(args, allow_new=False)
-    rows = stage_check(run, cfg, force=args.force)
-    report = build_report(run, rows)
-    bad = failed_rows(report)
-    print(f"[check] report: {run.report_md} ({len(bad)} failed)")
+    with _run_log(args, run, "check"):
+        rows = stage_check(run, cfg, force=args.force)
+        report = build_report(run, rows)
+        bad = failed_rows(report)
+        say(f"[check] report: {run.report_md} ({len(bad)} failed)")
     return 1 if bad else 0
 
 
@@ -128,15 +162,20 @@ def cmd_pipeline(args) -> int:
     """Every stage in order into one run directory; completed stages are reused."""
     t0 = time.time()
     run, cfg = _init(args, allow_new=True)
-    print(f"[pipeline] run directory {run.root}, model {cfg.model} {dict(cfg.model_overrides)}")
+    say(f"[pipeline] run directory {run.root}, model {cfg.model} {dict(cfg.model_overrides)}")
     ns = argparse.Namespace(run=str(run.root), no_progress=args.no_progress, force=args.force,
-                            targets=None, config=None, model=None)
+                            targets=None, config=None, model=None, verbose=args.verbose)
     seconds = {}
-    for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
-        t = time.time()
-        rc = stage(ns)  # the check's exit status is the pipeline's
-        seconds[name] = time.time() - t
+    with _run_log(args, run, "pipeline") as result:
+        if not args.verbose:
+            say(f"[pipeline] what the libraries print goes to {run.root / 'logs' / 'pipeline.log'} "
+                "(--verbose shows it)")
+        for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
+            t = time.time()
+            rc = stage(ns)  # the check's exit status is the pipeline's
+            seconds[name] = time.time() - t
+        result["rc"] = rc
     split = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
-    print(f"[pipeline] done in {time.time() - t0:.0f} s ({split}); report: {run.report_md} "
-          f"(and report.json, pareto.png)")
+    say(f"[pipeline] done in {time.time() - t0:.0f} s ({split}); report: {run.report_md} "
+        f"(and report.json, pareto.png)")
     return rc

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from hrnet_edge.console import child_console, say
 from hrnet_edge.errors import ExportError, MissingDependency, RunDirError
 from hrnet_edge.io import read_json, write_json
 from hrnet_edge.runconfig import RunConfig
@@ -19,14 +20,14 @@ from hrnet_edge.runs import RunDir
 Log = Callable[[str], None]
 
 
-def stage_train(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = print) -> dict:
+def stage_train(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say) -> dict:
     """FP32 training (resumes from the last checkpoint)."""
     from hrnet_edge.training.loop import train
 
     return train(run, cfg, progress=progress, log=log)
 
 
-def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = print) -> dict:
+def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say) -> dict:
     """NNCF INT8 initialisation from training images, QAT fine-tuning, evaluation."""
     import torch
     from torch.utils.data import DataLoader
@@ -101,7 +102,7 @@ def _quiet_exporters() -> None:
                             category=FutureWarning)
 
 
-def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
+def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say) -> list[dict]:
     """Export every planned (target, precision); a missing backend or a failure becomes a
     row with its reason, never a crash. Returns one row per pair."""
     from hrnet_edge.pipeline.jobs import JobFactory
@@ -142,7 +143,8 @@ def _start_export_worker(run: RunDir, pairs: list[tuple[str, str]], force: bool)
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "hrnet_edge.pipeline.stages", "export-worker", str(run.root), str(out)]
     cmd += (["--force"] if force else []) + [f"{t}:{p}" for t, p in pairs]
-    return subprocess.Popen(cmd), out
+    env, fds = child_console()  # its [export] lines reach the terminal, its chatter the log
+    return subprocess.Popen(cmd, env=env, pass_fds=fds), out
 
 
 def _finish_export_worker(run: RunDir, worker, pairs, log: Log) -> dict:
@@ -171,7 +173,7 @@ def _export_worker_main(argv: list[str]) -> int:
     factory = JobFactory(run, cfg)
     rows = []
     for t, p in pairs:
-        rows.append(_export_one(factory, t, p, force, lambda m: print(m, flush=True)))
+        rows.append(_export_one(factory, t, p, force, say))
         write_json(out, rows)  # after each: a crash later keeps what was done
     return 0
 
@@ -204,7 +206,7 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
     return {**row, "status": "exported", "reason": "", "seconds": secs}
 
 
-def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = print) -> list[dict]:
+def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say) -> list[dict]:
     """Check every exported artifact (and the PyTorch references) in its own process."""
     pairs = [("pytorch", "fp32")]
     if (run.qat_dir / "metrics.json").is_file():

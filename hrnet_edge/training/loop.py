@@ -115,10 +115,12 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
 def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc) -> float:
     from tqdm import tqdm
 
+    from hrnet_edge.console import bar_stream
+
     task, t = cfg.task, cfg.train
     model.train()
     losses = []
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, file=bar_stream())
     for batch in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], sched["total"], sched["warmup"], t.lr, t.schedule,

@@ -1,0 +1,56 @@
+"""report.md and pareto.png rendering from check rows (no models involved)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.report import pareto_front, plot_pareto, render_markdown
+
+MAC = "Core ML runs only on macOS: MLModel.predict needs libcoremlpython, which coremltools ships for macOS only"
+
+
+def _row(target, precision, status="passed", p50=1.0, top1=0.8, reason=None):
+    row = {"target": target, "precision": precision, "status": status, "reason": reason, "reference": "fp32"}
+    if status in ("passed", "reference"):
+        row.update(latency={"p50_ms": p50, "p90_ms": p50 * 1.1}, metric={"top1": top1},
+                   parity={"rel_max_abs": 1e-3, "psnr_db": 60.0, "cosine": 0.9999, "agreement": 1.0})
+    return row
+
+
+ROWS = [_row("pytorch", "fp32", "reference", 6.0, 0.79), _row("onnx", "fp32", p50=0.5, top1=0.79),
+        _row("tflite", "int8", p50=0.3, top1=0.78), _row("openvino", "int8", p50=0.4, top1=0.80),
+        _row("openvino", "bf16", p50=0.6, top1=0.75)] + \
+       [_row("coreml", p, "not_runnable", reason=MAC) for p in ("fp16", "fp32", "int8")] + \
+       [_row("executorch", "int8", "failed", reason="top-1 agreement 0.84 < 0.9")]
+
+
+def _report(rows):
+    return {"model": "hrnet_w8_cls", "machine": {"processor": "AMD EPYC", "cpu_count": 2},
+            "metric": "top1", "metric_label": "top-1", "agreement_label": "top-1 agreement",
+            "eval_note": "top-1", "input_size": [64, 64], "qat": None, "rows": rows,
+            "summary": {"passed": 4, "failed": 1}}
+
+
+def test_a_shared_reason_is_said_once():
+    md = render_markdown(_report(ROWS))
+    assert md.count(MAC) == 1 and "Note 1: " + MAC in md
+    assert sum("| note 1 |" in line for line in md.splitlines()) == 3
+    # a reason only one row has stays in its row
+    assert "| top-1 agreement 0.84 < 0.9 |" in md
+
+
+def test_pareto_front():
+    pts = [(0.3, 0.78), (0.4, 0.80), (0.5, 0.79), (0.6, 0.75), (0.4, 0.70)]
+    assert pareto_front(pts) == [(0.3, 0.78), (0.4, 0.80)]
+    assert pareto_front([]) == []
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image as mpimg
+
+    path = tmp_path / "pareto.png"
+    plot_pareto(path, ROWS, "top1", "top-1", machine="AMD EPYC")
+    img = mpimg.imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    assert np.unique(img.reshape(-1, img.shape[-1]), axis=0).shape[0] > 10  # something was drawn
