@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from hrnet_edge.errors import DataError
+
 if TYPE_CHECKING:  # torch is only needed to export, not to run an artifact
     from torch import nn
 
@@ -66,6 +68,31 @@ class Artifact:
     path: Path  # the model file (or .mlpackage folder)
     metadata_path: Path
     notes: list[str] = field(default_factory=list)
+
+
+def check_input(x) -> np.ndarray:
+    """The runners' input contract, checked before any conversion: NCHW RGB, float, in
+    0..1 (every artifact normalizes in its graph). Returns a contiguous float32 array.
+
+    The range is read from a strided sample (a few hundred values), so the check costs
+    microseconds inside a latency loop; it exists for the two silent mistakes: pixels
+    in 0..255 and inputs already normalized with mean/std.
+
+    Raises:
+        DataError: naming what was passed and what is expected.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise DataError(f"model input must be N x 3 x H x W (NCHW RGB), got shape {tuple(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"model input must be float RGB in 0..1, got {x.dtype}: pass pixels / 255")
+    sample = x.reshape(-1)[::257] if x.size > 4096 else x.reshape(-1)
+    lo, hi = float(sample.min()), float(sample.max())
+    if not (lo >= -1e-3 and hi <= 1 + 1e-3):
+        hint = ("the input looks mean/std-normalized: pass RGB in 0..1, the graph normalizes itself"
+                if lo < -1e-3 else "pixels in 0..255: divide by 255")
+        raise DataError(f"model input must be RGB in 0..1, got values in {lo:.3g}..{hi:.3g} ({hint})")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class Runner(abc.ABC):
@@ -134,7 +161,7 @@ class CallableRunner(Runner):
         self.fn = fn
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.fn(x)
+        return self.fn(check_input(x))
 
 
 def _importable(modules: tuple[str, ...], extra: str) -> tuple[bool, str]:

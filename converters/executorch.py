@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target
+from converters.base import Artifact, ExportJob, Runner, Target, check_input
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
@@ -121,7 +121,7 @@ class ExecuTorchRunner(Runner):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = check_input(x)
         outs = []
         for i in range(0, x.shape[0], self.batch):
             chunk = torch.from_numpy(x[i:i + self.batch])

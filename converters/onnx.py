@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
     from torch import nn
 
-from converters.base import Artifact, ExportJob, Runner, Target
+from converters.base import Artifact, ExportJob, Runner, Target, check_input
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
     write_metadata,
@@ -120,7 +120,7 @@ class OnnxRunner(Runner):
         self.input_shape = self.session.get_inputs()[0].shape
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = check_input(x)
         if self.input_shape[0] == 1 and x.shape[0] != 1:  # static batch 1: loop
             return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
         return self.session.run(None, {self.input_name: x})[0]

@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
 
-from converters.base import Artifact, ExportJob, Runner, Target
+from converters.base import Artifact, ExportJob, Runner, Target, check_input
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
     write_metadata,
@@ -114,7 +114,7 @@ class OpenVinoRunner(Runner):
         self._request = self.compiled.create_infer_request()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = check_input(x)
         if self.batch == 1 and x.shape[0] != 1:  # static batch 1: loop
             return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
         self._request.infer({0: x})

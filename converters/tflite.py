@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target
+from converters.base import Artifact, ExportJob, Runner, Target, check_input
 from converters.metadata import EMBED_KEY, embedded_json, finish_metadata, staged_artifact, write_metadata
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
@@ -271,7 +271,7 @@ class TfliteRunner(Runner):
         return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y  # NHWC -> NCHW
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
+        x = check_input(x)
         return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
 
     def set_threads(self, n: int) -> None:

@@ -78,6 +78,8 @@ class CheckConfig:
     iterations: int = 50
     parity_images: int = 32
     eval_images: int | None = None  # None: the whole validation split
+    # random crops of shipped photos on which outputs are also compared (0: none)
+    natural_images: int = 16
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ against PyTorch on drawn scenes; metadata in the file and beside it."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -240,3 +241,21 @@ def test_batchnorm_fold_is_exact(int8_artifact, nncf_pose_model, images, tmp_pat
     # 4 % of the output range). A wrong fold (sign, bias, scale) moves every image.
     assert sum(d == 0.0 for d in per_image) >= 2, per_image
     assert max(per_image) < 0.1 * np.abs(outs[1]).max(), per_image
+
+
+def test_runner_refuses_the_silent_input_mistakes(exports, images):
+    """An artifact fed 0..255 pixels or mean/std-normalized input computes garbage
+    without complaint; every runner checks the 0..1 contract first."""
+    from hrnet_edge.errors import DataError
+
+    runner = OnnxTarget().load(exports[1]["fp32"].path.parent)
+    cases = {
+        "pixels in 0..255: divide by 255": images * 255,
+        "looks mean/std-normalized": (images - 0.45) / 0.225,
+        "float RGB in 0..1, got uint8": (images * 255).astype(np.uint8),
+        "N x 3 x H x W": images.transpose(0, 2, 3, 1),  # NHWC
+    }
+    for hint, x in cases.items():
+        with pytest.raises(DataError, match=re.escape(hint)):
+            runner(x)
+    assert runner(images[:1]).shape == (1, 17, 32, 24)  # the contract itself still runs

@@ -76,6 +76,9 @@ def test_pipeline_fills_every_row(pipeline_run):
             assert r["latency"]["iterations"] == 5 and r["latency"]["p50_ms"] > 0
             assert r["size_bytes"] > 0 and 0 <= r["metric"]["AP"] <= 1
             assert r["reference"] == ("qat" if key[1] == "int8" else "fp32")
+            # the label-free comparison on real photos is recorded beside it
+            nat = r["parity_natural"]
+            assert nat["images"] == 16 and 0 <= nat["agreement"] <= 1 and nat["cosine"] > 0.5, nat
     # float runtimes agree with PyTorch to float precision even on an untrained model
     for key in [("onnx", "fp32"), ("openvino", "fp32"), ("tflite", "fp32"), ("executorch", "fp32")]:
         assert rows[key]["status"] == "passed", rows[key]

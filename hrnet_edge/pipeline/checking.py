@@ -64,6 +64,9 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         broken = task.failures(precision, row["parity"], row["metric_drop"])
         row["status"] = "failed" if broken else "passed"
         row["reason"] = "; ".join(broken)
+    natural = ctx.natural_parity(runner, target, precision, source)
+    if natural is not None:  # informative: not a pass/fail threshold (yet)
+        row["parity_natural"] = natural
     row["latency"] = measure_latency(runner, ctx.latency_input(), cfg.check.warmup, cfg.check.iterations)
     row["latency"]["threads"] = cfg.check.threads
     runtime = runtime_facts(runner)

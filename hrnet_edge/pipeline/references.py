@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from hrnet_edge.errors import RunDirError
-from hrnet_edge.io import read_json, size_bytes
+from hrnet_edge.evaluation.parity import parity_stats
+from hrnet_edge.io import atomic_path, read_json, size_bytes
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
 from hrnet_edge.tasks.base import EvalResult, Task
@@ -68,6 +69,37 @@ class CheckContext:
             raise RunDirError(f"reference pytorch-{precision} was not checked yet ({path.name} missing); "
                               f"run 'hrnet-edge check --run {self.run.root}'")
         return self.task.load_reference(path, read_json(row_path)["metric"])
+
+    @cached_property
+    def natural(self) -> np.ndarray | None:
+        """Random crops of shipped photos at the input size (None when switched off)."""
+        from hrnet_edge.data.natural import natural_images
+
+        n = self.cfg.check.natural_images
+        return natural_images(n, tuple(self.cfg.model_config().input_size)) if n > 0 else None
+
+    def natural_path(self, precision: str) -> Path:
+        return self.run.checks / f"pytorch-{precision}-natural.npy"
+
+    def natural_parity(self, runner, target: str, precision: str, source: str) -> dict | None:
+        """Outputs on the photos: saved for a PyTorch reference, else compared with the
+        reference's (raw-output statistics and the task's label-free agreement)."""
+        if self.natural is None:
+            return None
+        outs = np.concatenate([runner(self.natural[i:i + 1]) for i in range(len(self.natural))])
+        if target == "pytorch":
+            with atomic_path(self.natural_path(precision)) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, outs)
+            return None
+        path = self.natural_path(REFERENCE_OF_SOURCE[source])
+        if not path.is_file():
+            return None  # a run checked before this comparison existed
+        ref = np.load(path)
+        stats = parity_stats(ref, outs)
+        stats["agreement"] = self.task.output_agreement(ref, outs)
+        stats["images"] = int(len(outs))
+        return stats
 
     def latency_input(self) -> np.ndarray:
         return self.val_ds.stack_images([0])

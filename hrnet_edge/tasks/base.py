@@ -156,6 +156,12 @@ class Task:
         stats["agreement"] = float(self.agreement(ref, out, dataset))
         return stats
 
+    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float:
+        """Share of decisions two raw output batches agree on, needing no labels (the
+        natural-photo comparison): the argmax over axis 1 (a pixel's class, an image's
+        top-1 class)."""
+        return float((np.asarray(ref).argmax(1) == np.asarray(out).argmax(1)).mean())
+
     def failures(self, precision: str, parity: dict, metric_drop: float | None) -> list[str]:
         """The thresholds a check breaks (empty: passed)."""
         t = self.thresholds[precision]

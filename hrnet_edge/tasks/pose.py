@@ -133,6 +133,14 @@ class PoseTask(Task):
                           flip_test=cfg.eval.flip_test, decoder=cfg.eval.decoder)
         return EvalResult(metrics=r.metrics, outputs=r.heatmaps, decoded=r.keypoints, ids=r.image_ids)
 
+    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float:
+        """Share of heatmaps whose peak lies within one heatmap pixel of the reference's."""
+        ref, out = np.asarray(ref), np.asarray(out)
+        n, k, h, w = ref.shape
+        a, b = ref.reshape(n, k, -1).argmax(-1), out.reshape(n, k, -1).argmax(-1)
+        dist = np.maximum(np.abs(a % w - b % w), np.abs(a // w - b // w))
+        return float((dist <= 1).mean())
+
     def agreement(self, ref: EvalResult, out: EvalResult, dataset) -> float:
         from hrnet_edge.evaluation.pose import keypoint_agreement
 
