@@ -106,3 +106,27 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
             raise RuntimeError("interrupted")
     assert json.loads(target.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_export_of_some_targets_keeps_the_others_in_the_index(tmp_path):
+    """``export --targets onnx`` used to rewrite exports/index.json with the ONNX rows
+    only, and the next ``check`` then dropped every other artifact from the report."""
+    from hrnet_edge.io import read_json, write_json
+    from hrnet_edge.pipeline.stages import merge_index
+    from hrnet_edge.runs import RunDir
+
+    run = RunDir(tmp_path)
+    rows = [{"target": t, "precision": p, "status": "exported"}
+            for t, p in (("onnx", "fp32"), ("tflite", "int8"), ("executorch", "int8"))]
+    rows.append({"target": "coreml", "precision": "fp16", "status": "skipped", "reason": "no coremltools"})
+    for r in rows[:2]:
+        run.export_dir(r["target"], r["precision"]).mkdir(parents=True)
+    write_json(run.exports / "index.json", rows)
+    fresh = [{"target": "onnx", "precision": "fp32", "status": "exported", "seconds": 1.0}]
+    merged = merge_index(run, fresh)
+    keys = [(r["target"], r["precision"]) for r in merged]
+    # tflite kept (on disk), executorch dropped (its folder is gone), the skipped row kept,
+    # onnx replaced by the fresh row
+    assert keys == [("tflite", "int8"), ("coreml", "fp16"), ("onnx", "fp32")]
+    assert merged[-1]["seconds"] == 1.0
+    assert read_json(run.exports / "index.json") == rows  # merge_index itself writes nothing

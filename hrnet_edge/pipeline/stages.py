@@ -126,8 +126,20 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = sa
     if worker is not None:
         done.update(_finish_export_worker(run, worker, side, log))
     rows = [done[p] for p in pairs]
-    write_json(run.exports / "index.json", rows)
+    write_json(run.exports / "index.json", merge_index(run, rows))
     return rows
+
+
+def merge_index(run: RunDir, rows: list[dict]) -> list[dict]:
+    """The export index after exporting ``rows``: an export of some targets
+    (``--targets``) keeps the index rows of the others whose artifacts are still on
+    disk, so a later ``check`` still checks every artifact."""
+    index = run.exports / "index.json"
+    previous = read_json(index) if index.is_file() else []
+    new = {(r["target"], r["precision"]) for r in rows}
+    kept = [r for r in previous if (r["target"], r["precision"]) not in new
+            and (r.get("status") != "exported" or run.export_dir(r["target"], r["precision"]).is_dir())]
+    return kept + rows
 
 
 # Exports that run in a second process beside the others. Exporting is mostly
