@@ -134,7 +134,8 @@ def _fold_one(graph, bn, conv, producer, consumers, inits, array, put) -> bool:
 
 def _materialize_constants(graph) -> None:
     """Constant ``QuantizeLinear`` -> int8 initializer; inputs read through ``Identity``
-    or ``Constant`` nodes -> the initializer itself. Dead nodes are removed."""
+    or ``Constant`` nodes -> the initializer itself (what is left unused, :func:`_prune`
+    removes)."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.initializer}

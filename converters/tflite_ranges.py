@@ -52,14 +52,11 @@ def _name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
 
 
-def _op_names(model, schema) -> list[str]:
-    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    sub = model.subgraphs[0]
-    out = []
-    for op in sub.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        out.append(builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?"))
-    return out
+def _op_names(model, schema=None) -> list[str]:
+    """The builtin (or custom) op name of each operator of the first subgraph."""
+    from converters.tflite import _op_names as names_and_custom
+
+    return names_and_custom(model)[0]
 
 
 def _all_tensors(path: Path, images: np.ndarray) -> dict[int, np.ndarray]:
@@ -176,7 +173,7 @@ def carry_ranges_to_tflite(int8_path: Path, float_path: Path, qat, images: np.nd
     """
     import torch
 
-    from quantization.carry import match_ranges, union_range
+    from quantization.carry import affine_qparams, match_ranges, union_range
 
     fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")
     schema = require("ai_edge_litert.schema_py_generated", "tflite")
@@ -208,7 +205,7 @@ def carry_ranges_to_tflite(int8_path: Path, float_path: Path, qat, images: np.nd
             members.setdefault(groups.find(i), []).append(i)
 
     carried, kept, recalibrated, used = 0, 0, 0, set()
-    changed: dict[int, float] = {}  # tensor -> old scale
+    changed: set[int] = set()  # tensors whose scale was rewritten
     ranges: dict[int, tuple[float, float]] = {}
     for root, tensors in members.items():
         matched: set[int] = set()
@@ -232,12 +229,10 @@ def carry_ranges_to_tflite(int8_path: Path, float_path: Path, qat, images: np.nd
         if root not in ranges:
             kept += len(tensors)
             continue
-        low, high = ranges[root]
-        scale = max((high - low) / 255.0, 1e-12)
-        zero = int(min(max(round(-128 - low / scale), -128), 127))
+        scale, zero = affine_qparams(*ranges[root])
         for i in tensors:
             q = sub.tensors[i].quantization
-            changed[i] = float(q.scale[0])
+            changed.add(i)
             q.scale = np.array([scale], np.float32)
             q.zeroPoint = np.array([zero], np.int64)
             q.min, q.max = None, None

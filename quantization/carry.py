@@ -18,7 +18,7 @@ count both, so an artifact's metadata says how much QAT it kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,7 +39,6 @@ class CarryResult:
     calibrated: int = 0  # activation observers left with their calibrated range
     qat_quantizers: int = 0  # NNCF activation quantizers in the QAT model
     unused_quantizers: int = 0  # of those, matched to no observer
-    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # observer -> (low, high)
 
     def facts(self) -> dict:
         return {"activation_ranges_from_qat": self.carried,
@@ -126,7 +125,6 @@ def carry_qat_ranges(prepared: nn.Module, qat_model: nn.Module, images: torch.Te
             continue
         low, high = union_range(qat[i][0] for i in matched)
         _fix_qparams(obs, low, high)
-        result.ranges[oname] = (low, high)
         result.carried += 1
         used.update(matched)
     result.unused_quantizers = len(qat) - len(used)
@@ -173,6 +171,12 @@ def union_range(ranges) -> tuple[float, float]:
     return min(min(lows), 0.0), max(max(highs), 0.0)
 
 
+def affine_qparams(low: float, high: float, qmin: int = -128, qmax: int = 127) -> tuple[float, int]:
+    """(scale, zero point) that put [low, high] on the integer grid qmin..qmax."""
+    scale = max((high - low) / (qmax - qmin), 1e-12)
+    return scale, min(max(int(round(qmin - low / scale)), qmin), qmax)
+
+
 def _fix_qparams(obs: nn.Module, low: float, high: float) -> None:
     """Make ``obs.calculate_qparams()`` give the affine qparams of [low, high] on its grid."""
     qmin, qmax = int(obs.quant_min), int(obs.quant_max)
@@ -180,7 +184,6 @@ def _fix_qparams(obs: nn.Module, low: float, high: float) -> None:
         bound = max(-low, high)
         scale, zero = max(2 * bound / (qmax - qmin), 1e-12), (qmin + qmax + 1) // 2
     else:
-        scale = max((high - low) / (qmax - qmin), 1e-12)
-        zero = min(max(int(round(qmin - low / scale)), qmin), qmax)
+        scale, zero = affine_qparams(low, high, qmin, qmax)
     qparams = (torch.tensor([scale], dtype=torch.float32), torch.tensor([zero], dtype=torch.int32))
     obs.calculate_qparams = lambda: qparams  # read by convert_pt2e
