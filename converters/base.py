@@ -174,3 +174,16 @@ def _importable(modules: tuple[str, ...], extra: str) -> tuple[bool, str]:
         except MissingDependency as exc:
             return False, str(exc)
     return True, ""
+
+
+def delegation_notes(ops: dict[str, int], partitions: int, fallback: str, upsample_ops: tuple[str, ...]) -> list[str]:
+    """One note on XNNPACK delegation: the whole graph in its partitions, or a warning
+    naming the ops left to ``fallback`` kernels (with the remedy when they are the
+    fuse layers' nearest upsampling, ``upsample_ops``)."""
+    if not ops:
+        return [f"the whole graph runs in {partitions} XNNPACK partition(s)"]
+    listed = ", ".join(f"{op} x{n}" for op, n in ops.items())
+    note = f"warning: not delegated to XNNPACK ({fallback} kernels between {partitions} partitions): {listed}"
+    if any(u in op for op in ops for u in upsample_ops):
+        note += "; [export] upsample_form = 'broadcast' writes them as ops XNNPACK delegates (same values, one partition)"
+    return [note]

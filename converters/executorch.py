@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input
+from converters.base import Artifact, ExportJob, Runner, Target, check_input, delegation_notes
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
@@ -158,11 +158,15 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     """
     import torch
 
+    from hrnet_edge.models.blocks import upsample_form
+
     h, w = model.cfg.input_size
     example = torch.rand(1, 3, h, w)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    with torch.no_grad():
+    form = str(job.options.get("upsample_form", "interpolate"))
+    with torch.no_grad(), upsample_form(model, form) as n_up:
+        meta["upsample_form"] = {"form": form, "modules": n_up}
         if job.precision == "int8":
             carry_from = job.qat_model if meta["source_model"] == "qat" and job.options.get("carry_qat_ranges", True) else None
             ep, quant = _quantize_pt2e(model, example, job.calibration, meta["source_model"],
@@ -389,15 +393,8 @@ def _start_metadata(job: ExportJob, source: str) -> dict[str, Any]:
 
 def _fallback_notes(delegation: dict[str, Any]) -> list[str]:
     """A note naming the ops XNNPACK left to portable kernels, if any."""
-    ops = delegation.get("non_delegated_ops", {})
-    if not ops:
-        return [f"the whole graph runs in {delegation.get('partitions', 0)} XNNPACK partition(s)"]
-    listed = ", ".join(f"{op} x{n}" for op, n in ops.items())
-    note = (f"not delegated to XNNPACK (portable CPU kernels between {delegation['partitions']} "
-            f"partitions): {listed}")
-    if any("upsample_nearest" in op for op in ops):
-        note += "; the config field upsample_mode='bilinear' makes the fuse layers delegable"
-    return [note]
+    return delegation_notes(delegation.get("non_delegated_ops", {}), delegation.get("partitions", 0),
+                            "portable CPU", ("upsample_nearest",))
 
 
 def _tool_versions() -> dict[str, str]:

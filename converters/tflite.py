@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input
+from converters.base import Artifact, ExportJob, Runner, Target, check_input, delegation_notes
 from converters.metadata import EMBED_KEY, embedded_json, finish_metadata, staged_artifact, write_metadata
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
@@ -396,6 +396,10 @@ class TfliteTarget(Target):
         out = _io_spec(it.get_output_details()[0])
         out["layout"] = "NHWC" if len(out["shape"]) == 4 else job.metadata["output"].get("layout")
         notes = ["the artifact is NHWC; hrnet-edge's runner transposes from/to NCHW"]
+        delegation = _delegation(path)
+        notes.extend(delegation_notes(delegation.get("non_delegated_ops", {}),
+                                      delegation.get("delegate_partitions", 0), "LiteRT",
+                                      ("RESIZE_NEAREST_NEIGHBOR",)))
         quant = None
         if job.precision == "int8":
             quant = {"tool": "onnx2tf full-integer", "weights": "int8 per-channel",
@@ -411,6 +415,9 @@ class TfliteTarget(Target):
             notes.append("fp16 weights dequantized to fp32 at load; compute is fp32 on CPU")
         return finish_metadata(job.metadata, self.name, job.precision, input=inp, output=out,
                                notes=notes, extra={"format": "tflite", "quantization": quant,
+                                                   "delegation": delegation,
+                                                   "upsample_form": {"form": str(job.options.get(
+                                                       "upsample_form", "interpolate")), "in": "the ONNX handed over"},
                                                    "runtime": {"name": "litert", "delegate": "XNNPACK"}})
 
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:

@@ -108,6 +108,42 @@ def _parse_overrides(items: Sequence[str] | None) -> dict:
     return out
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must look like 256x192 (height x width), got {text!r}")
+    return h, w
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hrnet_edge.bench import ALL_TARGETS, BenchOptions, run_bench
+    from hrnet_edge.console import chatter_to, say
+
+    if args.threads < 1 or args.iterations < 1 or args.warmup < 0:
+        raise HRNetEdgeError("--threads and --iterations must be >= 1 and --warmup >= 0")
+    targets = tuple(args.targets or ALL_TARGETS)
+    opts = BenchOptions(model=args.model, input_size=args.input_size, threads=args.threads,
+                        warmup=args.warmup, iterations=args.iterations, targets=targets,
+                        by_hand=not args.no_by_hand)
+    out = Path(args.out or f"bench/{opts.model}-{opts.input_size[0]}x{opts.input_size[1]}")
+    if out.exists() and not out.is_dir():
+        raise HRNetEdgeError(f"--out {out} exists and is not a directory")
+    with chatter_to(out / "bench.log", enabled=not args.verbose) as log:
+        result = run_bench(opts, out)
+    from hrnet_edge.bench.table import markdown
+
+    say(markdown(result))
+    failed = [r for r in result["rows"] if "error" in r]
+    say(f"[bench] wrote {out}/bench.json, bench.md, bench.png" + (f"; library output in {log}" if log else ""))
+    if failed:
+        say(f"[bench] {len(failed)} row(s) failed; the reasons are in the table and bench.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(
@@ -125,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show one variant's configuration and shapes")
     i.add_argument("name")
     i.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. width=8")
+
+    b = sub.add_parser("bench", help="reference benchmark: every runtime x precision, the project's "
+                                     "exports beside by-hand ones, against this CPU's measured peak")
+    b.add_argument("--model", default="hrnet_w18_small_v1_pose", help="variant (default: %(default)s)")
+    b.add_argument("--input-size", type=_size, default=(256, 192), metavar="HxW",
+                   help="input height x width (default: 256x192)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--iterations", type=int, default=50)
+    b.add_argument("--targets", nargs="+", choices=["onnx", "openvino", "tflite", "executorch"])
+    b.add_argument("--no-by-hand", action="store_true", help="skip the by-hand default exports")
+    b.add_argument("--out", help="output folder (default: bench/<model>-<HxW>)")
+    b.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
 
     from hrnet_edge.pipeline import cli as pipeline_cli  # the run-directory stages
 

@@ -67,6 +67,10 @@ class ExportConfig:
     # TFLite and ExecuTorch INT8 take the activation ranges QAT learned (False: the
     # tools' own calibration on the QAT weights)
     carry_qat_ranges: bool = True
+    # How TFLite and ExecuTorch graphs write the fuse layers' nearest upsampling:
+    # "interpolate" (a resize op XNNPACK leaves out: several partitions) or
+    # "broadcast" (reshape x ones, delegated: one partition); values are identical.
+    upsample_form: str = "interpolate"
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,10 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
         train=build_section(TrainConfig, train, "train"))
     cfg.model_config()  # raises ConfigError on a bad override
     _validate_train(cfg.train)
+    from hrnet_edge.models.blocks import UPSAMPLE_FORMS
+    if cfg.export.upsample_form not in UPSAMPLE_FORMS:
+        raise ConfigError(f"[export] upsample_form {cfg.export.upsample_form!r} is not known; "
+                          f"valid: {', '.join(UPSAMPLE_FORMS)}")
     task.validate(cfg)
     return cfg
 

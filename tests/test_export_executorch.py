@@ -210,6 +210,24 @@ def test_bilinear_override_removes_fallbacks(tmp_path, fp32_dir, target):
     assert np.abs(target.load(out)(x) - reference(model, x)).max() < 1e-3
 
 
+def test_broadcast_upsampling_is_one_partition(tmp_path, fp32_dir, model, images, target):
+    """upsample_form='broadcast' keeps the papers' nearest upsampling (same values) but
+    writes it as reshape x ones, which XNNPACK delegates: one partition, nothing left to
+    portable kernels, and the caller's model is left in its default form."""
+    out = tmp_path / "executorch-fp32-broadcast"
+    target.export(make_job(model, "fp32", out, options={"upsample_form": "broadcast"}))
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["upsample_form"] == {"form": "broadcast", "modules": meta["upsample_form"]["modules"]}
+    assert meta["upsample_form"]["modules"] > 0
+    assert meta["delegation"]["partitions"] == 1 and meta["delegation"]["non_delegated_nodes"] == 0
+    assert target.inspect(out)["kernel_calls"] == {}
+    ref = reference(model, images)
+    assert np.abs(target.load(out)(images) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert {m.form for m in model.modules() if hasattr(m, "form")} == {"interpolate"}
+    default = json.loads((fp32_dir / "metadata.json").read_text())["notes"]
+    assert any(n.startswith("warning: not delegated") and "upsample_form" in n for n in default), default
+
+
 def test_failed_export_leaves_nothing(tmp_path, model, target):
     class Broken(torch.nn.Module):
         cfg = model.cfg

@@ -159,3 +159,27 @@ def test_int8_io_artifact(setup, settled_pose_model, images, parity):
     assert meta["input"]["dtype"] == "int8" and "scale" in meta["input"]["quantization"]
     p = parity(TfliteTarget().load(art.path.parent)(images), _torch(settled_pose_model, images))
     assert p["corr"] > 0.9 and p["argmax_agreement"] >= 0.3, p
+
+
+def test_broadcast_upsampling_is_one_partition(setup, settled_pose_model, images, parity, artifacts):
+    """upsample_form='broadcast' writes the fuse layers' nearest upsampling as reshape x
+    ones: XNNPACK takes the whole graph (one partition) and the outputs do not change.
+    The default form leaves RESIZE_NEAREST_NEIGHBOR out, and the metadata warns."""
+    from hrnet_edge.models.blocks import upsample_form
+
+    root, _, job = setup
+    onnx_path = root / "intermediate" / "fp32-broadcast.onnx"
+    with upsample_form(settled_pose_model, "broadcast"):
+        export_onnx(settled_pose_model, onnx_path, (128, 96))
+    art = TfliteTarget().export(job("fp32", root / "tflite-fp32-broadcast", onnx_path=onnx_path,
+                                    options={"upsample_form": "broadcast"}))
+    facts = TfliteTarget().inspect(art.path.parent)
+    assert facts["delegate_partitions"] == 1 and facts["non_delegated_ops"] == {}, facts
+    p = parity(TfliteTarget().load(art.path.parent)(images), _torch(settled_pose_model, images))
+    assert p["rel"] < REL["fp32"] and p["argmax_agreement"] == 1.0, p
+    meta = json.loads(art.metadata_path.read_text())
+    assert meta["upsample_form"]["form"] == "broadcast" and meta["delegation"]["delegate_partitions"] == 1
+    assert any("whole graph runs in 1 XNNPACK partition" in n for n in meta["notes"]), meta["notes"]
+    default = json.loads(artifacts["fp32"].metadata_path.read_text())
+    warning = [n for n in default["notes"] if n.startswith("warning: not delegated")]
+    assert warning and "RESIZE_NEAREST_NEIGHBOR" in warning[0] and "upsample_form" in warning[0], default["notes"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = ("hrnet_edge.pipeline", "hrnet_edge.cli")  # orchestration and the command line
+TOP = ("hrnet_edge.pipeline", "hrnet_edge.cli", "hrnet_edge.bench")  # orchestration, the command line, the benchmark
 
 
 def layer_of(module: str) -> str:

@@ -167,3 +167,34 @@ def test_torch_export_every_structure(names):
         torch.testing.assert_close(ep.module()(x), model(x))
     ops = {n.target for n in ep.graph.nodes if n.op == "call_function"}
     assert torch.ops.aten.conv2d.default in ops
+
+
+def test_upsample_forms_give_identical_outputs():
+    """The broadcast form (reshape x ones, which XNNPACK delegates) is the nearest
+    upsampling bit for bit; the state dict does not change; an unknown form is refused."""
+    from hrnet_edge.errors import ConfigError
+    from hrnet_edge.models.blocks import upsample_form
+
+    torch.manual_seed(0)
+    model = create_model("hrnet_w8_pose").eval()
+    x = torch.rand(2, 3, *model.cfg.input_size)
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        ref = model(x)
+        with upsample_form(model, "broadcast") as n:
+            out = model(x)
+    assert n == 10 and torch.equal(out, ref)
+    assert {m.form for m in model.modules() if hasattr(m, "form")} == {"interpolate"}
+    assert set(model.state_dict()) == keys
+    with pytest.raises(ConfigError, match="interpolate"):
+        with upsample_form(model, "pixelshuffle"):
+            pass
+
+
+def test_run_config_checks_upsample_form():
+    from hrnet_edge.errors import ConfigError
+    from hrnet_edge.runconfig import run_config_from_dict
+
+    assert run_config_from_dict({"export": {"upsample_form": "broadcast"}}).export.upsample_form == "broadcast"
+    with pytest.raises(ConfigError, match="upsample_form"):
+        run_config_from_dict({"export": {"upsample_form": "nearest"}})

@@ -1,8 +1,21 @@
 """The convolutional building blocks of HRNet."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
 from torch import nn
 import torch.nn.functional as F
+
+from hrnet_edge.errors import unknown_choice
+
+# How a nearest upsampling is written into an exported graph. "interpolate" is the
+# resize op every tool knows (TFLite RESIZE_NEAREST_NEIGHBOR, aten.upsample_nearest2d),
+# which XNNPACK does not take: the graph splits into several delegate partitions.
+# "broadcast" writes the same values as a reshape to 6-D, a multiply by a constant of
+# ones and a reshape back, ops XNNPACK delegates in FP32 and INT8 (one partition).
+UPSAMPLE_FORMS = ("interpolate", "broadcast")
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -61,14 +74,43 @@ class Upsample(nn.Module):
         self.scale = scale
         self.mode = mode
         self.align_corners = align_corners if mode == "bilinear" else None
+        self.form = "interpolate"
+        if mode == "nearest":  # not in the state dict: checkpoints are unchanged
+            self.register_buffer("ones", torch.ones(1, 1, 1, scale, 1, scale), persistent=False)
 
     def forward(self, x):
+        if self.form == "broadcast" and self.mode == "nearest":
+            n, c, h, w = x.shape
+            s = self.scale
+            return (x.reshape(n, c, h, 1, w, 1) * self.ones).reshape(n, c, h * s, w * s)
         return F.interpolate(
             x, scale_factor=float(self.scale), mode=self.mode, align_corners=self.align_corners
         )
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, mode={self.mode}, align_corners={self.align_corners}"
+
+
+@contextmanager
+def upsample_form(model: nn.Module, form: str) -> Iterator[int]:
+    """Write every nearest :class:`Upsample` of ``model`` in ``form`` (see
+    ``UPSAMPLE_FORMS``) while the block runs; yields how many modules changed. The
+    values are identical in either form (bit-exact: a product with 1.0).
+
+    Raises:
+        ConfigError: an unknown form.
+    """
+    if form not in UPSAMPLE_FORMS:
+        raise unknown_choice("upsample form", form, UPSAMPLE_FORMS)
+    mods = [m for m in model.modules() if isinstance(m, Upsample) and m.mode == "nearest"]
+    before = [m.form for m in mods]
+    for m in mods:
+        m.form = form
+    try:
+        yield len(mods)
+    finally:
+        for m, f in zip(mods, before):
+            m.form = f
 
 
 def resize_to(x, size, mode: str, align_corners: bool):

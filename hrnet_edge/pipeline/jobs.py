@@ -63,14 +63,18 @@ class JobFactory:
 
         return base_metadata(self.model, self.cfg.task.app_info(self.run, self.cfg), self._trained[1])
 
-    def onnx_for(self, source: str) -> Path:
-        """An opset-17 ONNX of the float (``fp32``) or QAT-fine-tuned float (``qat``) model."""
+    def onnx_for(self, source: str, form: str = "interpolate") -> Path:
+        """An opset-17 ONNX of the float (``fp32``) or QAT-fine-tuned float (``qat``)
+        model, its nearest upsampling written in ``form``."""
         from converters.onnx import export_onnx
+        from hrnet_edge.models.blocks import upsample_form
 
-        path = self.run.root / "intermediate" / f"{source}.onnx"
+        name = source if form == "interpolate" else f"{source}-{form}"
+        path = self.run.root / "intermediate" / f"{name}.onnx"
         if not path.is_file():
             model = self.qat_float_model if source == "qat" else self.model
-            export_onnx(model, path, self.model.cfg.input_size)
+            with upsample_form(model, form):
+                export_onnx(model, path, self.model.cfg.input_size)
         return path
 
     def job(self, target: str, precision: str, out_dir: Path) -> ExportJob:
@@ -84,6 +88,8 @@ class JobFactory:
             job.qat_model = self.qat_model
             job.qat_float_model = self.qat_float_model
             job.options["carry_qat_ranges"] = self.cfg.export.carry_qat_ranges
+        if target in ("tflite", "executorch"):
+            job.options["upsample_form"] = self.cfg.export.upsample_form
         if target == "tflite":
-            job.onnx_path = self.onnx_for("qat" if int8 else "fp32")
+            job.onnx_path = self.onnx_for("qat" if int8 else "fp32", self.cfg.export.upsample_form)
         return job
