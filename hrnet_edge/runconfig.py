@@ -68,9 +68,10 @@ class ExportConfig:
     # tools' own calibration on the QAT weights)
     carry_qat_ranges: bool = True
     # How TFLite and ExecuTorch graphs write the fuse layers' nearest upsampling:
-    # "interpolate" (a resize op XNNPACK leaves out: several partitions) or
-    # "broadcast" (reshape x ones, delegated: one partition); values are identical.
-    upsample_form: str = "interpolate"
+    # "broadcast" (reshape x ones, which XNNPACK delegates: one partition) or
+    # "interpolate" (the resize op XNNPACK leaves out: several partitions). The
+    # values are identical; see the README's benchmark for the speed of each.
+    upsample_form: str = "broadcast"
 
 
 @dataclass(frozen=True)

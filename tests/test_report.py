@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.report import pareto_front, plot_pareto, render_markdown
+from converters.report import pareto_front, plot_pareto, qat_verdict, render_markdown
 
 MAC = "Core ML runs only on macOS: MLModel.predict needs libcoremlpython, which coremltools ships for macOS only"
 
@@ -54,3 +54,11 @@ def test_plot_is_written(tmp_path):
     img = mpimg.imread(path)
     assert img.shape[0] > 300 and img.shape[1] > 600
     assert np.unique(img.reshape(-1, img.shape[-1]), axis=0).shape[0] > 10  # something was drawn
+
+
+def test_the_report_says_whether_qat_earned_its_place():
+    assert "nothing measurable" in qat_verdict(0.7424, 0.7428)  # the pose default run
+    assert qat_verdict(0.746, 0.796).startswith("QAT gains +0.0500")  # the classification default run
+    assert "below post-training" in qat_verdict(0.75, 0.74)
+    md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.79, "ptq": 0.746, "qat": 0.796}})
+    assert "INT8 after QAT 0.7960. QAT gains +0.0500" in md
