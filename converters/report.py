@@ -87,7 +87,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{report['agreement_label']} | on photos | {label} | drop | p50 ms | p90 ms | peak MB | note |",
               "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     # A reason several rows share (Core ML's "runs only on macOS") is said once, below.
-    reasons = [" ".join((r.get("reason") or "").split()) for r in report["rows"]]
+    reasons = [" ".join("; ".join(filter(None, [r.get("reason") or ""] + list(r.get("warnings", [])))).split())
+               for r in report["rows"]]
     shared = [t for t in dict.fromkeys(reasons) if t and reasons.count(t) > 1]
     for r, reason in zip(report["rows"], reasons):
         par, lat, met = r.get("parity", {}), r.get("latency", {}), r.get("metric", {})

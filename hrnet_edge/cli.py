@@ -128,7 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     targets = tuple(args.targets or ALL_TARGETS)
     opts = BenchOptions(model=args.model, input_size=args.input_size, threads=args.threads,
                         warmup=args.warmup, iterations=args.iterations, targets=targets,
-                        by_hand=not args.no_by_hand)
+                        by_hand=not args.no_by_hand, profile=args.profile)
     out = Path(args.out or f"bench/{opts.model}-{opts.input_size[0]}x{opts.input_size[1]}")
     if out.exists() and not out.is_dir():
         raise HRNetEdgeError(f"--out {out} exists and is not a directory")
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iterations", type=int, default=50)
     b.add_argument("--targets", nargs="+", choices=["onnx", "openvino", "tflite", "executorch"])
     b.add_argument("--no-by-hand", action="store_true", help="skip the by-hand default exports")
+    b.add_argument("--profile", action="store_true",
+                   help="add per-op profiles of the project's ONNX Runtime and OpenVINO rows")
     b.add_argument("--out", help="output folder (default: bench/<model>-<HxW>)")
     b.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
 

@@ -97,7 +97,7 @@ def test_by_hand_exports_run_the_same_model(tmp_path):
 
 def test_small_run_end_to_end(tmp_path):
     opts = BenchOptions(model="hrnet_w8_pose", input_size=(128, 96), threads=1, warmup=1, iterations=4,
-                        targets=("onnx",), calibration_images=8)
+                        targets=("onnx",), calibration_images=8, profile=True)
     result = run_bench(opts, tmp_path)
     rows = {(r["runtime"], r["precision"], r["source"]): r for r in result["rows"]}
     assert set(rows) == {("pytorch", "fp32", "eager"), ("onnxruntime", "fp32", "project"),
@@ -112,7 +112,13 @@ def test_small_run_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["schema"] == "hrnet-edge.bench/1" and saved["cpu"]["name"] and saved["peaks"]["fp32"]["gflops"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 10_000
-    assert "| onnxruntime | int8 | by hand |" in (tmp_path / "bench.md").read_text()
+    md = (tmp_path / "bench.md").read_text()
+    assert "| onnxruntime | int8 | by hand |" in md
+    # the project's ONNX rows carry a per-op profile; the folded INT8 graph runs QLinearConv
+    prof = rows[("onnxruntime", "int8", "project")]["profile"]
+    assert any(o["op"] == "QLinearConv" for o in prof["ops"]), prof
+    assert "Where the time goes" in md and "QLinearConv" in md
+    assert "_profile" not in json.dumps(saved)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -131,3 +137,22 @@ def test_cli_bad_size_syntax(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--input-size", "big"])
     assert exc.value.code == 2 and "256x192" in capsys.readouterr().err
+
+
+def test_profiles_add_up(tmp_path):
+    """Both profilers see the model's convolutions, and the shares cover all the time."""
+    import openvino as ov
+
+    from hrnet_edge.bench.profile import onnxruntime_profile, openvino_profile
+    from converters.onnx import export_onnx
+
+    size = (128, 96)
+    model = prepare_model("hrnet_w8_pose", size, natural_images(8, size, seed=3))
+    x = natural_images(1, size, seed=5)
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", size)
+    xml = tmp_path / "m.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml))
+    for prof in (onnxruntime_profile(onnx_path, x, 1, runs=3, top=4), openvino_profile(xml, x, 1, runs=3, top=4)):
+        assert prof["runs"] == 3 and prof["profiled_ms_per_inference"] > 0
+        assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0, abs=0.01)
+        assert len(prof["ops"]) <= 5 and "Conv" in " ".join(o["op"] for o in prof["ops"][:2]), prof

@@ -62,3 +62,10 @@ def test_the_report_says_whether_qat_earned_its_place():
     assert "below post-training" in qat_verdict(0.75, 0.74)
     md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.79, "ptq": 0.746, "qat": 0.796}})
     assert "INT8 after QAT 0.7960. QAT gains +0.0500" in md
+
+
+def test_export_warnings_reach_the_note_column():
+    warn = "warning: not delegated to XNNPACK (LiteRT kernels between 3 partitions): RESIZE_NEAREST_NEIGHBOR x7"
+    rows = ROWS[:2] + [{**_row("tflite", "fp32", p50=0.4), "warnings": [warn]}]
+    line = next(ln for ln in render_markdown(_report(rows)).splitlines() if ln.startswith("| tflite | fp32 |"))
+    assert line.rstrip().endswith(f"| {warn} |")

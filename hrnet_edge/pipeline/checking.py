@@ -44,6 +44,9 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         row.update(artifact=str(files[0].relative_to(run.root)),
                    size_bytes=sum(size_bytes(p) for p in files),
                    inspect=inspection(tgt, art_dir))
+        warnings = [n for n in meta.get("notes", []) if str(n).startswith("warning:")]
+        if warnings:  # e.g. ops left out of XNNPACK: shown in the report's note column
+            row["warnings"] = warnings
         ok, reason = tgt.runnable()
         if not ok:
             row.update(status="not_runnable", reason=reason)

@@ -205,7 +205,7 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
     t0 = time.time()
     try:
         job = factory.job(target_name, precision, out_dir)
-        target.export(job)
+        artifact = target.export(job)
         from converters.check import save_inspection
 
         save_inspection(target, out_dir)
@@ -215,6 +215,9 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
                 "reason": str(exc)}
     secs = round(time.time() - t0, 1)
     log(f"[export] {target_name}-{precision}: {out_dir} ({secs}s)")
+    for note in artifact.notes:
+        if note.startswith("warning:"):
+            log(f"[export] {target_name}-{precision}: {note}")
     return {**row, "status": "exported", "reason": "", "seconds": secs}
 
 
