@@ -120,15 +120,14 @@ def _size(text: str) -> tuple[int, int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hrnet_edge.bench import ALL_TARGETS, BenchOptions, run_bench
+    from hrnet_edge.bench import ALL_TARGETS, BenchOptions, run_bench, validate_options
     from hrnet_edge.console import chatter_to, say
 
-    if args.threads < 1 or args.iterations < 1 or args.warmup < 0:
-        raise HRNetEdgeError("--threads and --iterations must be >= 1 and --warmup >= 0")
     targets = tuple(args.targets or ALL_TARGETS)
     opts = BenchOptions(model=args.model, input_size=args.input_size, threads=args.threads,
                         warmup=args.warmup, iterations=args.iterations, targets=targets,
                         by_hand=not args.no_by_hand, profile=args.profile)
+    validate_options(opts)  # before anything is written
     out = Path(args.out or f"bench/{opts.model}-{opts.input_size[0]}x{opts.input_size[1]}")
     if out.exists() and not out.is_dir():
         raise HRNetEdgeError(f"--out {out} exists and is not a directory")
