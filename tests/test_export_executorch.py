@@ -228,6 +228,21 @@ def test_broadcast_upsampling_is_one_partition(tmp_path, fp32_dir, model, images
     assert any(n.startswith("warning: not delegated") and "upsample_form" in n for n in default), default
 
 
+def test_classification_head_is_one_partition(tmp_path, target):
+    """The classification head's global average pooling is written so XNNPACK takes it:
+    with the broadcast upsampling the whole classifier is one partition, and the logits
+    match PyTorch."""
+    torch.manual_seed(0)
+    cls = create_model("hrnet_w8_cls", input_size=(64, 64), num_outputs=10).eval()
+    out = tmp_path / "executorch-fp32-cls"
+    target.export(make_job(cls, "fp32", out, options={"upsample_form": "broadcast"}))
+    deleg = json.loads((out / "metadata.json").read_text())["delegation"]
+    assert deleg["partitions"] == 1 and deleg["non_delegated_ops"] == {}, deleg
+    x = draw_scenes(2, (64, 64), seed=4)
+    ref = reference(cls, x)
+    assert np.abs(target.load(out)(x) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
 def test_failed_export_leaves_nothing(tmp_path, model, target):
     class Broken(torch.nn.Module):
         cfg = model.cfg

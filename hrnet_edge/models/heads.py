@@ -125,5 +125,7 @@ class ClsHead(nn.Module):
         y = self.incre[0](xs[0])
         for i, down in enumerate(self.down):
             y = self.incre[i + 1](xs[i + 1]) + down(y)
-        y = self.final(y).mean(dim=(2, 3))
+        # keepdim, then flatten: the same values, and the form XNNPACK takes as global
+        # average pooling (a mean without keepdim stays on ExecuTorch's portable kernels)
+        y = self.final(y).mean(dim=(2, 3), keepdim=True).flatten(1)
         return self.fc(y)
