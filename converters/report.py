@@ -68,6 +68,14 @@ def qat_verdict(ptq: float, qat: float, noise: float = QAT_NOISE) -> str:
             f"{noise} that re-runs of one recipe move it: QAT adds nothing measurable on this run.")
 
 
+def _photos(nat: dict[str, Any]) -> str:
+    """The photo agreement, with the confident outputs' share in brackets where the task has one."""
+    text = _f(nat.get("agreement"), ".3f")
+    if nat.get("agreement_confident") is not None:
+        text += f" ({nat['agreement_confident']:.3f})"
+    return text
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one row per target x precision."""
     lines = [f"# hrnet-edge report: {report['model']}", ""]
@@ -76,7 +84,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "batch 1, after warm-up. Parity is against the PyTorch model each artifact came from "
                  "(`reference`: fp32 = the trained float model, qat = the NNCF QAT model). "
                  "`on photos`: the same agreement on random crops of real photos that matplotlib and "
-                 "scikit-learn ship (no labels; shown, not a pass/fail threshold).")
+                 "scikit-learn ship (no labels; shown, not a pass/fail threshold); in brackets, over "
+                 "the outputs the reference is confident about (pose: heatmap peak >= 0.2).")
     label, metric = report["metric_label"], report["metric"]
     lines.append(f"\n{report['eval_note']}; input {report['input_size']}.")
     if report.get("qat"):
@@ -98,7 +107,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             r["target"], r["precision"], STATUS_TEXT.get(r.get("status"), str(r.get("status"))),
             _f(size / 1024 if size else None, ".0f"), r.get("reference", "-"),
             _f(par.get("rel_max_abs"), ".2e"), _f(par.get("psnr_db"), ".1f"), _f(par.get("cosine"), ".5f"),
-            _f(par.get("agreement"), ".3f"), _f(r.get("parity_natural", {}).get("agreement"), ".3f"),
+            _f(par.get("agreement"), ".3f"), _photos(r.get("parity_natural", {})),
             _f(met.get(metric), ".4f"), _f(r.get("metric_drop"), "+.4f"),
             _f(lat.get("p50_ms"), ".2f"), _f(lat.get("p90_ms"), ".2f"), _f(r.get("peak_rss_mb"), ".0f"), note,
         ]) + " |")

@@ -44,3 +44,8 @@ def test_output_agreement_per_task():
     moved[0, 0, 5, 5] = 1  # one pixel off: agrees
     moved[0, 1, 2, 5] = 1  # three pixels off: does not
     assert get_task("pose").output_agreement(heat, moved) == 0.5
+    # only the confident heatmap counts: peak 1.0 agrees, a flat 0.05 peak that moved does not count
+    heat[0, 1] *= 0.05
+    assert get_task("pose").confident_agreement(heat, moved) == (1.0, 1)
+    assert get_task("pose").confident_agreement(heat * 0.1, moved) is None
+    assert get_task("seg").confident_agreement(seg, other) is None

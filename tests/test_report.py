@@ -69,3 +69,10 @@ def test_export_warnings_reach_the_note_column():
     rows = ROWS[:2] + [{**_row("tflite", "fp32", p50=0.4), "warnings": [warn]}]
     line = next(ln for ln in render_markdown(_report(rows)).splitlines() if ln.startswith("| tflite | fp32 |"))
     assert line.rstrip().endswith(f"| {warn} |")
+
+
+def test_photo_agreement_shows_the_confident_share():
+    row = {**_row("tflite", "int8", p50=0.3), "parity_natural": {"agreement": 0.915, "agreement_confident": 0.976}}
+    line = next(ln for ln in render_markdown(_report(ROWS[:1] + [row])).splitlines()
+                if ln.startswith("| tflite | int8 |"))
+    assert "| 0.915 (0.976) |" in line

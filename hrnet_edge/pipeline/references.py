@@ -98,6 +98,9 @@ class CheckContext:
         ref = np.load(path)
         stats = parity_stats(ref, outs)
         stats["agreement"] = self.task.output_agreement(ref, outs)
+        confident = self.task.confident_agreement(ref, outs)
+        if confident is not None:
+            stats["agreement_confident"], stats["confident_outputs"] = confident
         stats["images"] = int(len(outs))
         return stats
 

@@ -162,6 +162,11 @@ class Task:
         top-1 class)."""
         return float((np.asarray(ref).argmax(1) == np.asarray(out).argmax(1)).mean())
 
+    def confident_agreement(self, ref: np.ndarray, out: np.ndarray) -> tuple[float, int] | None:
+        """:meth:`output_agreement` restricted to the decisions the reference is sure of,
+        with how many there were; None where the task has no confidence to select on."""
+        return None
+
     def failures(self, precision: str, parity: dict, metric_drop: float | None) -> list[str]:
         """The thresholds a check breaks (empty: passed)."""
         t = self.thresholds[precision]

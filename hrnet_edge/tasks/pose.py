@@ -133,13 +133,27 @@ class PoseTask(Task):
                           flip_test=cfg.eval.flip_test, decoder=cfg.eval.decoder)
         return EvalResult(metrics=r.metrics, outputs=r.heatmaps, decoded=r.keypoints, ids=r.image_ids)
 
-    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float:
-        """Share of heatmaps whose peak lies within one heatmap pixel of the reference's."""
-        ref, out = np.asarray(ref), np.asarray(out)
+    # A keypoint whose heatmap peaks below this is one an app would drop (COCO-style
+    # keypoint score thresholds sit at 0.2-0.3); on flat heatmaps the argmax is noise.
+    CONFIDENT_PEAK = 0.2
+
+    def _peaks_agree(self, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
         n, k, h, w = ref.shape
         a, b = ref.reshape(n, k, -1).argmax(-1), out.reshape(n, k, -1).argmax(-1)
-        dist = np.maximum(np.abs(a % w - b % w), np.abs(a // w - b // w))
-        return float((dist <= 1).mean())
+        return np.maximum(np.abs(a % w - b % w), np.abs(a // w - b // w)) <= 1
+
+    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float:
+        """Share of heatmaps whose peak lies within one heatmap pixel of the reference's."""
+        return float(self._peaks_agree(np.asarray(ref), np.asarray(out)).mean())
+
+    def confident_agreement(self, ref: np.ndarray, out: np.ndarray) -> tuple[float, int] | None:
+        """The same share over the heatmaps whose reference peak is at least
+        ``CONFIDENT_PEAK`` (the keypoints an app keeps), and how many those are."""
+        ref, out = np.asarray(ref), np.asarray(out)
+        sure = ref.reshape(*ref.shape[:2], -1).max(-1) >= self.CONFIDENT_PEAK
+        if not sure.any():
+            return None
+        return float(self._peaks_agree(ref, out)[sure].mean()), int(sure.sum())
 
     def agreement(self, ref: EvalResult, out: EvalResult, dataset) -> float:
         from hrnet_edge.evaluation.pose import keypoint_agreement
