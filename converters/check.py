@@ -46,7 +46,8 @@ def artifact_file(art_dir: Path) -> Path:
     return artifact_files(art_dir)[0]
 
 
-def _artifact_hash(art_dir: Path) -> str:
+def artifact_hash(art_dir: Path) -> str:
+    """The sha256 of the model file(s) in an export folder (OpenVINO: .xml's then .bin's)."""
     return "".join(sha256_file(p) for p in artifact_files(art_dir))
 
 
@@ -63,7 +64,7 @@ def save_inspection(target, art_dir: Path) -> None:
         facts = target.inspect(art_dir)
     except Exception:  # noqa: BLE001 - the check inspects again and reports the error there
         return
-    write_json(art_dir / INSPECT_FILE, {"artifact_sha256": _artifact_hash(art_dir), "inspect": facts})
+    write_json(art_dir / INSPECT_FILE, {"artifact_sha256": artifact_hash(art_dir), "inspect": facts})
 
 
 def inspection(target, art_dir: Path) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def inspection(target, art_dir: Path) -> dict[str, Any]:
     cached = art_dir / INSPECT_FILE
     if cached.is_file():
         data = read_json(cached)
-        if data.get("artifact_sha256") == _artifact_hash(art_dir):
+        if data.get("artifact_sha256") == artifact_hash(art_dir):
             return data["inspect"]
     return target.inspect(art_dir)
 

@@ -127,3 +127,27 @@ def test_export_without_training_is_a_clear_error(tmp_path, capsys):
     init_run(tmp_path / "r", load_run_config(cfg))
     assert main(["export", "--run", str(tmp_path / "r")]) == 2
     assert "hrnet-edge train" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_check_redoes_a_row_whose_artifact_changed(pipeline_run, capsys):
+    """A saved check row stands only for the artifact it checked: after the artifact is
+    replaced (here: truncated, as a failed copy would leave it) `check` checks again and
+    says why, instead of reporting the old "passed"."""
+    run, _ = pipeline_run
+    row_path = run / "checks" / "onnx-fp32.json"
+    assert read_json(row_path)["status"] == "passed" and read_json(row_path)["artifact_sha256"]
+    model = run / "exports" / "onnx-fp32" / "model.onnx"
+    original = model.read_bytes()
+    try:
+        model.write_bytes(original[: len(original) // 2])
+        main(["check", "--run", str(run)])
+        out = capsys.readouterr().out
+        assert "onnx-fp32: the artifact changed since its check" in out
+        assert read_json(row_path)["status"] in ("error", "failed")
+        # untouched artifacts keep their rows
+        assert "openvino-fp32: the artifact changed" not in out
+    finally:
+        model.write_bytes(original)
+    main(["check", "--run", str(run)])  # the restored artifact is checked again and passes
+    assert read_json(row_path)["status"] == "passed"

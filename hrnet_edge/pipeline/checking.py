@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converters.check import (artifact_files, inspection, measure_latency, peak_rss_mb, rss_mb,
-                              runtime_facts)
+from converters.check import (artifact_files, artifact_hash, inspection, measure_latency,
+                              peak_rss_mb, rss_mb, runtime_facts)
 from hrnet_edge.io import read_json, size_bytes, write_json
 from hrnet_edge.pipeline import references
 
@@ -42,6 +42,7 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         source = meta.get("source_model", "fp32")
         files = artifact_files(art_dir)
         row.update(artifact=str(files[0].relative_to(run.root)),
+                   artifact_sha256=artifact_hash(art_dir),
                    size_bytes=sum(size_bytes(p) for p in files),
                    inspect=inspection(tgt, art_dir))
         warnings = [n for n in meta.get("notes", []) if str(n).startswith("warning:")]

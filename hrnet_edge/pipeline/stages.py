@@ -243,8 +243,11 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
     path = run.check_path(target, precision)
     if path.is_file() and not force:
         row = read_json(path)
-        if row.get("status") != "error":
+        stale = _stale_reason(run, target, precision, row)
+        if row.get("status") != "error" and stale is None:
             return row
+        if stale:
+            log(f"[check] {target}-{precision}: {stale}; checking again")
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "hrnet_edge.pipeline.checking", str(run.root), target, precision],
@@ -261,6 +264,24 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
         write_json(path, row)
     log(_summary(row, time.time() - t0))
     return row
+
+
+def _stale_reason(run: RunDir, target: str, precision: str, row: dict) -> str | None:
+    """Why a saved check row no longer describes the artifact on disk (None: it does)."""
+    if target == "pytorch" or row.get("status") in ("skipped", "error"):
+        return None
+    art_dir = run.export_dir(target, precision)
+    if not art_dir.is_dir():
+        return "the artifact is gone"
+    from converters.check import artifact_files, artifact_hash
+
+    if not artifact_files(art_dir):
+        return "the artifact is gone"
+    if "artifact_sha256" not in row:
+        return "the saved row predates artifact hashes"
+    if row["artifact_sha256"] != artifact_hash(art_dir):
+        return "the artifact changed since its check (re-exported or modified)"
+    return None
 
 
 def _summary(row: dict, secs: float) -> str:
