@@ -91,7 +91,8 @@ def test_by_hand_exports_run_the_same_model(tmp_path):
     fn, facts = byhand.openvino_default(model, example, tmp_path, 1)
     assert facts["ran"] in ("f32", "bf16")
     out = np.concatenate([fn(x[i:i + 1]) for i in range(2)])
-    tol = 1e-4 if facts["ran"] == "f32" else 0.05  # bf16 keeps ~3 significant digits
+    # bf16 (the plugin's default on CPUs with BF16 units): the project's bf16 parity limit
+    tol = 1e-4 if facts["ran"] == "f32" else 0.1
     assert np.abs(out - ref).max() < tol * max(1.0, np.abs(ref).max())
 
 
