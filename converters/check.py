@@ -67,14 +67,14 @@ def save_inspection(target, art_dir: Path) -> None:
     write_json(art_dir / INSPECT_FILE, {"artifact_sha256": artifact_hash(art_dir), "inspect": facts})
 
 
-def inspection(target, art_dir: Path) -> dict[str, Any]:
-    """The artifact's inspection: the recorded one when it matches the artifact's hash,
-    else computed now."""
+def inspection(target, art_dir: Path, sha256: str | None = None) -> dict[str, Any]:
+    """The artifact's inspection: the recorded one when it matches the artifact's hash
+    (``sha256`` when the caller has it already), else computed now."""
     art_dir = Path(art_dir)
     cached = art_dir / INSPECT_FILE
     if cached.is_file():
         data = read_json(cached)
-        if data.get("artifact_sha256") == artifact_hash(art_dir):
+        if data.get("artifact_sha256") == (sha256 or artifact_hash(art_dir)):
             return data["inspect"]
     return target.inspect(art_dir)
 

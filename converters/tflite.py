@@ -294,7 +294,7 @@ def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def _delegation(path: Path) -> dict[str, Any]:
+def _delegation(path: Path, it=None) -> dict[str, Any]:
     """Delegate partitions and the ops left to the CPU kernels (XNNPACK by default).
 
     The interpreter keeps the original nodes after delegation and adds one DELEGATE
@@ -302,8 +302,9 @@ def _delegation(path: Path) -> dict[str, Any]:
     a DELEGATE node, a graph output, or another non-delegated op, without being an
     output of a partition itself.
     """
-    litert = require("ai_edge_litert.interpreter", "tflite")
-    it = litert.Interpreter(model_path=str(path), num_threads=1)
+    if it is None:
+        litert = require("ai_edge_litert.interpreter", "tflite")
+        it = litert.Interpreter(model_path=str(path), num_threads=1)
     it.allocate_tensors()
     ops = it._get_ops_details()  # experimental API; the only window on the nodes
     delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
@@ -396,7 +397,7 @@ class TfliteTarget(Target):
         out = _io_spec(it.get_output_details()[0])
         out["layout"] = "NHWC" if len(out["shape"]) == 4 else job.metadata["output"].get("layout")
         notes = ["the artifact is NHWC; hrnet-edge's runner transposes from/to NCHW"]
-        delegation = _delegation(path)
+        delegation = _delegation(path, it)
         notes.extend(delegation_notes(delegation.get("non_delegated_ops", {}),
                                       delegation.get("delegate_partitions", 0), "LiteRT",
                                       ("RESIZE_NEAREST_NEIGHBOR",)))
@@ -442,9 +443,9 @@ class TfliteTarget(Target):
         except ExportError:
             facts["embedded_metadata"] = False
         try:  # needs a loadable model (no Flex ops)
-            facts.update(_delegation(path))
             litert = require("ai_edge_litert.interpreter", "tflite")
             it = litert.Interpreter(model_path=str(path), num_threads=1)
+            facts.update(_delegation(path, it))
             facts["inputs"] = [_io_spec(d) for d in it.get_input_details()]
             facts["outputs"] = [_io_spec(d) for d in it.get_output_details()]
         except (RuntimeError, ValueError) as exc:

@@ -41,10 +41,10 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         meta = read_json(art_dir / "metadata.json")
         source = meta.get("source_model", "fp32")
         files = artifact_files(art_dir)
-        row.update(artifact=str(files[0].relative_to(run.root)),
-                   artifact_sha256=artifact_hash(art_dir),
+        sha = artifact_hash(art_dir)  # hashed once: recorded, and the cached inspection's key
+        row.update(artifact=str(files[0].relative_to(run.root)), artifact_sha256=sha,
                    size_bytes=sum(size_bytes(p) for p in files),
-                   inspect=inspection(tgt, art_dir))
+                   inspect=inspection(tgt, art_dir, sha))
         warnings = [n for n in meta.get("notes", []) if str(n).startswith("warning:")]
         if warnings:  # e.g. ops left out of XNNPACK: shown in the report's note column
             row["warnings"] = warnings
