@@ -23,8 +23,28 @@ if TYPE_CHECKING:  # torch is only needed to export, not to run an artifact
     from torch import nn
 
 # Precisions a target may offer. "int8" always means activations and weights in INT8
-# unless the target's metadata says otherwise (Core ML: weight-only).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# unless the target's metadata says otherwise (Core ML: weight-only). "int8u8" is the
+# same INT8 model taking what apps hold: uint8 RGB NHWC (0..255), the division by 255
+# and the normalization inside the graph. It is exported only when asked for.
+UINT8_INPUT = "int8u8"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", UINT8_INPUT)
+# the runners' input forms: the PyTorch contract, or uint8 RGB NHWC
+FLOAT_NCHW, UINT8_NHWC = "float32 NCHW 0..1", "uint8 NHWC 0..255"
+
+
+def quantized_as(precision: str) -> str:
+    """The precision whose model and thresholds ``precision`` uses ("int8u8": "int8")."""
+    return "int8" if precision == UINT8_INPUT else precision
+
+
+def uint8_input_spec(base: dict[str, Any]) -> dict[str, Any]:
+    """The ``input`` metadata of a uint8-input artifact, from the float model's ``base``."""
+    n, _c, h, w = base["shape"]
+    norm = dict(base.get("normalization") or {})
+    norm.update(in_graph=True, recipe="feed the RGB bytes as they are (NHWC, 0..255): the graph casts, "
+                                      "divides by 255 and computes (x - mean) / std itself")
+    return {**base, "shape": [n, h, w, 3], "layout": "NHWC", "dtype": "uint8", "range": [0, 255],
+            "normalization": norm}
 
 
 @dataclass
@@ -95,12 +115,34 @@ def check_input(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
+    """NCHW float RGB in 0..1 (checked) as the uint8 NHWC pixels it came from."""
+    x = check_input(x)
+    return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
 class Runner(abc.ABC):
-    """A loaded artifact that runs on this host."""
+    """A loaded artifact that runs on this host.
+
+    Every runner takes the PyTorch contract (NCHW float32 RGB in 0..1): ``prepare``
+    checks it and turns it into what the artifact takes (``input_form``), ``run``
+    runs prepared input. Latency is timed on ``run``, so a uint8 artifact is timed as
+    an app runs it, on pixels it already holds.
+    """
+
+    input_form: str = FLOAT_NCHW
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Check ``x`` (NCHW float RGB in 0..1) and convert it to the artifact's input."""
+        return to_uint8_nhwc(x) if self.input_form == UINT8_NHWC else check_input(x)
 
     @abc.abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one prepared batch; the model's output layout out (NCHW for heatmaps)."""
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run one batch: NCHW float32 RGB in 0..1 in, the model's output layout out."""
+        return self.run(self.prepare(x))
 
     def set_threads(self, n: int) -> None:  # pragma: no cover - optional
         """Fix the runtime's thread count where the runtime allows it."""
@@ -160,8 +202,8 @@ class CallableRunner(Runner):
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
         self.fn = fn
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.fn(check_input(x))
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.fn(x)
 
 
 def _importable(modules: tuple[str, ...], extra: str) -> tuple[bool, str]:

@@ -17,7 +17,12 @@ from hrnet_edge.io import read_json, sha256_file, write_json
 
 
 def measure_latency(runner, x: np.ndarray, warmup: int, iterations: int) -> dict[str, float]:
-    """Warm up, then time ``iterations`` single calls; percentiles in milliseconds."""
+    """Warm up, then time ``iterations`` single calls; percentiles in milliseconds.
+
+    A :class:`converters.base.Runner` is timed on its prepared input (a uint8 artifact
+    on uint8 pixels, as an app feeds it); any other callable on ``x``."""
+    if hasattr(runner, "prepare") and hasattr(runner, "run"):
+        x, runner = runner.prepare(x), runner.run
     for _ in range(warmup):
         runner(x)
     times = []

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input
+from converters.base import Artifact, ExportJob, Runner, Target
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
@@ -144,11 +144,11 @@ class CoreMLRunner(Runner):
         self.image = meta["input"].get("kind") == "image"
         self.model = ct.models.MLModel(str(artifact_dir / MODEL_FILE))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         outs = []
-        for img in check_input(x):
+        for img in x:
             if self.image:  # the package takes 0..255 pixels; 0..1 floats round to uint8
                 hwc = np.clip(np.rint(img.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
                 feed = Image.fromarray(hwc, "RGB")

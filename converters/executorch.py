@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input, delegation_notes
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+                             delegation_notes, quantized_as, uint8_input_spec)
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
@@ -47,7 +48,7 @@ class ExecuTorchTarget(Target):
     """ExecuTorch ``.pte`` with the XNNPACK delegate (FP32 and PT2E INT8)."""
 
     name = "executorch"
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "int8", UINT8_INPUT)
     extra = "executorch"
     suffix = ".pte"
     modules = ("executorch.exir", "executorch.runtime")
@@ -116,12 +117,13 @@ class ExecuTorchRunner(Runner):
         self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
         # The program was exported with a static batch; bigger batches are split.
-        self.batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
+        first = self.method.metadata.input_tensor_meta(0)
+        self.batch = int(first.sizes()[0])
+        self.input_form = UINT8_NHWC if _SCALAR_TYPES.get(int(first.dtype())) == "uint8" else FLOAT_NCHW
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        x = check_input(x)
         outs = []
         for i in range(0, x.shape[0], self.batch):
             chunk = torch.from_numpy(x[i:i + self.batch])
@@ -142,7 +144,7 @@ class ExecuTorchRunner(Runner):
 
 def _source_model(job: ExportJob):
     """The model to export and where its weights came from ("fp32" or "qat")."""
-    if job.precision == "int8" and job.qat_float_model is not None:
+    if quantized_as(job.precision) == "int8" and job.qat_float_model is not None:
         model, source = job.qat_float_model, "qat"
     else:
         model, source = job.model, "fp32"
@@ -161,15 +163,17 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     from hrnet_edge.models.blocks import upsample_form
 
     h, w = model.cfg.input_size
-    example = torch.rand(1, 3, h, w)
+    u8 = job.precision == UINT8_INPUT
+    example = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8) if u8 else torch.rand(1, 3, h, w)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     form = str(job.options.get("upsample_form", "interpolate"))
     with torch.no_grad(), upsample_form(model, form) as n_up:
         meta["upsample_form"] = {"form": form, "modules": n_up}
-        if job.precision == "int8":
+        if quantized_as(job.precision) == "int8":
             carry_from = job.qat_model if meta["source_model"] == "qat" and job.options.get("carry_qat_ranges", True) else None
-            ep, quant = _quantize_pt2e(model, example, job.calibration, meta["source_model"],
+            ep, quant = _quantize_pt2e(Uint8Front(model) if u8 else model, example, job.calibration,
+                                       meta["source_model"],
                                        int(job.options.get("calibration_batch", CALIBRATION_BATCH)),
                                        carry_from=carry_from)
             timings["quantize"] = round(time.perf_counter() - t0, 2)
@@ -204,7 +208,11 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
     # torch.ao.quantization.quantize_pt2e is gone in torch 2.13: PT2E lives in torchao.
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    images = _check_calibration(calibration, tuple(example.shape[1:]))
+    u8 = example.dtype == torch.uint8
+    images = _check_calibration(calibration, tuple(example.shape[1:]) if not u8 else
+                                (3, *example.shape[1:3]))
+    if u8:  # the uint8 front takes the pixels the float images came from
+        images = (np.clip(np.rint(images * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
     batch = max(1, min(batch, len(images)))
     # Trace with batch 2: an example batch of 1 would specialise the dimension to 1.
     dyn = ({0: torch.export.Dim("batch", min=1, max=max(2, batch))},)
@@ -213,13 +221,14 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(graph, quantizer)
     for i in range(0, len(images), batch):
-        prepared(torch.from_numpy(np.ascontiguousarray(images[i:i + batch], dtype=np.float32)))
+        prepared(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
     carried = None
     if carry_from is not None:
         from quantization.carry import carry_qat_ranges
 
-        probe = torch.from_numpy(np.ascontiguousarray(images[:2], dtype=np.float32))
-        carried = carry_qat_ranges(prepared, carry_from, probe)
+        probe = torch.from_numpy(np.ascontiguousarray(images[:2]))
+        qat_probe = probe.permute(0, 3, 1, 2).float() / 255 if u8 else probe
+        carried = carry_qat_ranges(prepared, carry_from, qat_probe, prepared_images=probe)
     converted = convert_pt2e(prepared)
     method = (f"PT2E with the activation ranges NNCF QAT learned ({carried.carried} observers); "
               f"{carried.calibrated} observers calibrated on {len(images)} images"
@@ -232,12 +241,28 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
         "calibration_images": len(images),
         "weights_source": "qat_float_model (QAT-fine-tuned float weights)" if source == "qat"
         else "model (float weights)",
-        "io": "float32 in and out; quantize/dequantize run inside the graph",
+        "io": ("uint8 RGB NHWC in (cast, /255 and permute in the graph, then quantize), float32 out"
+               if u8 else "float32 in and out; quantize/dequantize run inside the graph"),
     }
     if carried is not None:
         facts.update(carried.facts())
     # The deployed program has the static batch of 1 that the float export has.
     return torch.export.export(converted, (example,)), facts
+
+
+def Uint8Front(model):  # noqa: N802 - builds a module, reads like a class
+    """``model`` behind a front that takes uint8 RGB NHWC: cast, /255, permute to NCHW."""
+    import torch
+
+    class _Front(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.cfg = inner, inner.cfg
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+
+    return _Front(model)
 
 
 def _check_calibration(calibration: np.ndarray | None, chw: tuple[int, ...]) -> np.ndarray:
@@ -371,6 +396,8 @@ def _start_metadata(job: ExportJob, source: str) -> dict[str, Any]:
     meta.update(target="executorch", precision=job.precision, format="executorch_pte",
                 source_model=source)
     meta["input"] = {**meta.get("input", {}), "layout": "NCHW", "dtype": "float32"}
+    if job.precision == UINT8_INPUT:
+        meta["input"] = uint8_input_spec(meta["input"])
     meta["output"] = {**meta.get("output", {}), "dtype": "float32"}
     meta["runtime"] = {
         "backend": "XNNPACK delegate (CPU), portable kernels for ops XNNPACK does not take",
@@ -379,9 +406,11 @@ def _start_metadata(job: ExportJob, source: str) -> dict[str, Any]:
                              "(without the export facts: delegation, timings, artifact hash)",
     }
     notes = list(meta.get("notes", []))
-    notes.append("input is NCHW float32 RGB in 0..1 with a static batch of 1; "
+    notes.append("input is uint8 RGB NHWC (0..255) with a static batch of 1; the cast, /255 and "
+                 "normalization run inside the graph" if job.precision == UINT8_INPUT else
+                 "input is NCHW float32 RGB in 0..1 with a static batch of 1; "
                  "normalization runs inside the graph")
-    if job.precision == "int8":
+    if quantized_as(job.precision) == "int8":
         notes.append("INT8 via PT2E post-training quantization (XNNPACKQuantizer) starting from "
                      + ("the QAT-fine-tuned float weights" if source == "qat" else "the float model")
                      + "; NNCF's own quantizers cannot pass torch.export")

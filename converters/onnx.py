@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
     from torch import nn
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+                             quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
     write_metadata,
@@ -116,13 +117,13 @@ class OnnxRunner(Runner):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_shape = self.session.get_inputs()[0].shape
+        first = self.session.get_inputs()[0]
+        self.input_name, self.input_shape = first.name, first.shape
+        self.input_form = UINT8_NHWC if first.type == "tensor(uint8)" else FLOAT_NCHW
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = check_input(x)
+    def run(self, x: np.ndarray) -> np.ndarray:
         if self.input_shape[0] == 1 and x.shape[0] != 1:  # static batch 1: loop
-            return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
+            return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
         return self.session.run(None, {self.input_name: x})[0]
 
     def set_threads(self, n: int) -> None:
@@ -146,7 +147,7 @@ class OnnxTarget(Target):
     ``job.qat_model``)."""
 
     name = "onnx"
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "int8", UINT8_INPUT)
     # onnx and onnxruntime are core dependencies; "onnx" is not a declared extra, but
     # pip installs the core dependencies for it (with a warning).
     extra = "onnx"
@@ -163,7 +164,7 @@ class OnnxTarget(Target):
         notes: list[str] = []
         with staged_artifact(Path(job.out_dir), self.name, job.precision) as stage:
             path = stage / f"model{self.suffix}"
-            if job.precision == "fp32":
+            if quantized_as(job.precision) == "fp32":
                 _export(job.model, path, torch.rand(1, 3, *input_size), OPSET)
                 quant = None
             else:
@@ -176,10 +177,16 @@ class OnnxTarget(Target):
                 notes.append(f"int8: {folded['folded']} BatchNorm folded into the quantized convolutions "
                              "(integer weights unchanged, per-channel scales absorb gamma/sigma) so ONNX "
                              "Runtime fuses them into QLinearConv")
+            inp = None
+            if job.precision == UINT8_INPUT:
+                model = uint8_front(model)
+                inp = uint8_input_spec(job.metadata["input"])
+                notes.append("input: uint8 RGB NHWC; Transpose, Cast and x/255 run before the graph's "
+                             "first QuantizeLinear, which keeps one step per grey level")
             onnx.checker.check_model(model)
-            _check_runnable(model, job.precision)
+            _check_runnable(model, quantized_as(job.precision))
             meta = finish_metadata(
-                job.metadata, self.name, job.precision, notes=notes,
+                job.metadata, self.name, job.precision, input=inp, notes=notes,
                 extra={"format": "onnx", "opset": OPSET, "quantization": quant,
                        "runtime": {"name": "onnxruntime", "provider": "CPUExecutionProvider"}},
             )
@@ -198,7 +205,7 @@ class OnnxTarget(Target):
             notes.append("int8: QDQ ONNX of the NNCF QAT model stripped to torch.ao FakeQuantize")
         else:
             raise ExportError(
-                "onnx int8 needs the NNCF QAT model (job.qat_model) or a QDQ ONNX "
+                f"onnx {job.precision} needs the NNCF QAT model (job.qat_model) or a QDQ ONNX "
                 "(job.onnx_qdq_path); run quantization first or export fp32"
             )
         return {"source": "nncf_qat", "format": "QDQ (QuantizeLinear/DequantizeLinear)",
@@ -242,6 +249,28 @@ def _runtime_ops(path: Path) -> dict[str, Any]:
     return {"integer_convs": ops.get("QLinearConv", 0) + ops.get("ConvInteger", 0),
             "float_convs": ops.get("Conv", 0) + ops.get("FusedConv", 0),
             "op_counts": dict(sorted(ops.items()))}
+
+
+def uint8_front(model):
+    """``model`` (float NCHW input) taking uint8 RGB NHWC instead, under the same input
+    name: a Transpose, a Cast and a multiplication by 1/255 in front of the graph."""
+    onnx = require("onnx", "onnx")
+    h, graph = onnx.helper, model.graph
+    old = graph.input[0]
+    name = old.name
+    n, c, hh, ww = (d.dim_value for d in old.type.tensor_type.shape.dim)
+    for node in graph.node:  # what read the float input reads the 0..1 tensor now
+        node.input[:] = [f"{name}_01" if i == name else i for i in node.input]
+    front = [h.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
+             h.make_node("Cast", [f"{name}_nchw"], [f"{name}_float"], to=onnx.TensorProto.FLOAT),
+             h.make_node("Mul", [f"{name}_float", f"{name}_inv255"], [f"{name}_01"])]
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(1 / 255, np.float32), f"{name}_inv255"))
+    kept = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(front + kept)
+    graph.input.remove(old)
+    graph.input.insert(0, h.make_tensor_value_info(name, onnx.TensorProto.UINT8, [n, hh, ww, c]))
+    return model
 
 
 def _check_runnable(model, precision: str) -> None:

@@ -28,7 +28,8 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+                             quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
     write_metadata,
@@ -39,7 +40,7 @@ from hrnet_edge.io import read_json
 
 RT_INFO_PATH = [EMBED_KEY, "metadata"]
 # The inference precision the runner asks for, per artifact precision.
-RUN_HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+RUN_HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16", UINT8_INPUT: "f32"}
 
 
 def _convert(model: torch.nn.Module, input_size: tuple[int, int]):
@@ -100,6 +101,8 @@ class OpenVinoRunner(Runner):
         self._model = self._core.read_model(str(self.xml_path))
         first = self._model.inputs[0].get_partial_shape()[0]
         self.batch = first.get_length() if first.is_static else 0  # 0: any batch
+        u8 = self._model.inputs[0].get_element_type().get_type_name() == "u8"
+        self.input_form = UINT8_NHWC if u8 else FLOAT_NCHW
         self._compile(threads)
 
     def _compile(self, threads: int) -> None:
@@ -113,10 +116,9 @@ class OpenVinoRunner(Runner):
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._request = self.compiled.create_infer_request()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = check_input(x)
+    def run(self, x: np.ndarray) -> np.ndarray:
         if self.batch == 1 and x.shape[0] != 1:  # static batch 1: loop
-            return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
+            return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
         self._request.infer({0: x})
         return np.array(self._request.get_output_tensor(0).data, copy=True)
 
@@ -148,7 +150,7 @@ class OpenVinoTarget(Target):
     """OpenVINO IR on the CPU plugin: fp32, fp16 (weights), bf16 (hint), int8 (NNCF)."""
 
     name = "openvino"
-    precisions = ("fp32", "fp16", "bf16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8", UINT8_INPUT)
     extra = "openvino"
     suffix = ".xml"
     modules = ("openvino",)
@@ -160,15 +162,19 @@ class OpenVinoTarget(Target):
         input_size = tuple(job.model.cfg.input_size)  # type: ignore[attr-defined]
         notes = self._notes(job.precision)
         with staged_artifact(Path(job.out_dir), self.name, job.precision) as stage:
-            if job.precision == "int8":
+            if quantized_as(job.precision) == "int8":
                 if job.qat_model is None:
-                    raise ExportError("openvino int8 needs the NNCF QAT model (job.qat_model); "
+                    raise ExportError(f"openvino {job.precision} needs the NNCF QAT model (job.qat_model); "
                                       "run quantization first or export fp32/fp16/bf16")
                 ov_model = _convert(job.qat_model, input_size)
             else:
                 ov_model = _convert(job.model, input_size)
+            inp = None
+            if job.precision == UINT8_INPUT:
+                ov_model = _uint8_front(ov, ov_model)
+                inp = uint8_input_spec(job.metadata["input"])
             ops = collections.Counter(op.get_type_name() for op in ov_model.get_ops())
-            meta = finish_metadata(job.metadata, self.name, job.precision, notes=notes,
+            meta = finish_metadata(job.metadata, self.name, job.precision, input=inp, notes=notes,
                                    extra=self._extra(job.precision, ops))
             ov_model.set_rt_info(embedded_json(meta), RT_INFO_PATH)
             xml = stage / f"model{self.suffix}"
@@ -179,7 +185,7 @@ class OpenVinoTarget(Target):
 
     @staticmethod
     def _extra(precision: str, ops: collections.Counter) -> dict[str, Any]:
-        weights = {"fp32": "f32", "bf16": "f32", "fp16": "f16", "int8": "i8 (NNCF QAT)"}[precision]
+        weights = {"fp32": "f32", "bf16": "f32", "fp16": "f16", "int8": "i8 (NNCF QAT)"}[quantized_as(precision)]
         extra: dict[str, Any] = {
             "format": "openvino_ir",
             "files": ["model.xml", "model.bin"],
@@ -187,7 +193,7 @@ class OpenVinoTarget(Target):
             "runtime": {"device": "CPU", "INFERENCE_PRECISION_HINT": RUN_HINTS[precision],
                         "PERFORMANCE_HINT": "LATENCY"},
         }
-        if precision == "int8":
+        if quantized_as(precision) == "int8":
             extra["quantization"] = {"source": "nncf_qat", "format": "FakeQuantize",
                                      "fake_quantize_ops": ops.get("FakeQuantize", 0)}
         return extra
@@ -204,8 +210,12 @@ class OpenVinoTarget(Target):
         if precision == "fp16":
             return ["fp16 weights; compute precision follows INFERENCE_PRECISION_HINT "
                     "(f32 for the parity check)"]
-        return ["compile with INFERENCE_PRECISION_HINT=f32 to match PyTorch: CPUs with BF16 "
-                "units otherwise run in bf16"]
+        notes = ["compile with INFERENCE_PRECISION_HINT=f32 to match PyTorch: CPUs with BF16 "
+                 "units otherwise run in bf16"]
+        if precision == UINT8_INPUT:
+            notes.append("input: uint8 RGB NHWC; the IR's preprocessing (PrePostProcessor) converts to "
+                         "f32, divides by 255 and transposes to NCHW before the first FakeQuantize")
+        return notes
 
     def load(self, artifact_dir: Path, threads: int = 2, hint: str | None = None) -> Runner:
         """Compile the IR for CPU; ``hint`` overrides the precision hint of the metadata."""
@@ -233,6 +243,16 @@ class OpenVinoTarget(Target):
             "embedded_metadata": model.has_rt_info(RT_INFO_PATH),
             "metadata_json": (Path(artifact_dir) / "metadata.json").exists(),
         }
+
+
+def _uint8_front(ov, ov_model):
+    """The IR taking uint8 RGB NHWC: preprocessing steps saved inside the model."""
+    ppp = ov.preprocess.PrePostProcessor(ov_model)
+    inp = ppp.input(0)
+    inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    inp.model().set_layout(ov.Layout("NCHW"))
+    inp.preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+    return ppp.build()
 
 
 def _port(port) -> dict[str, Any]:

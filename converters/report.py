@@ -119,7 +119,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 RUNTIME_COLORS = {"pytorch": "#7f7f7f", "onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e",
                   "executorch": "#2ca02c", "coreml": "#d62728"}
-PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^", "int8u8": "v"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

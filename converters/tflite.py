@@ -43,7 +43,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from converters.base import Artifact, ExportJob, Runner, Target, check_input, delegation_notes
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+                             delegation_notes, quantized_as, uint8_input_spec)
 from converters.metadata import EMBED_KEY, embedded_json, finish_metadata, staged_artifact, write_metadata
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
@@ -260,18 +261,21 @@ class TfliteRunner(Runner):
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        scale, zero = self.input["quantization"]
+        u8 = np.dtype(self.input["dtype"]) == np.uint8 and abs(scale * 255 - 1) < 1e-6 and zero == 0
+        self.input_form = UINT8_NHWC if u8 and self.input_layout == "NHWC" else FLOAT_NCHW
 
     def _one(self, x: np.ndarray) -> np.ndarray:
-        if self.input_layout == "NHWC" and x.ndim == 4:
-            x = x.transpose(0, 2, 3, 1)
-        x = _quantize(x, self.input)
+        if self.input_form != UINT8_NHWC:  # uint8 pixels go in as they are
+            if self.input_layout == "NHWC" and x.ndim == 4:
+                x = x.transpose(0, 2, 3, 1)
+            x = _quantize(x, self.input)
         self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x))
         self.interpreter.invoke()
         y = _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
         return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y  # NHWC -> NCHW
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = check_input(x)
+    def run(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
 
     def set_threads(self, n: int) -> None:
@@ -349,7 +353,7 @@ class TfliteTarget(Target):
     """TFLite via onnx2tf from ``job.onnx_path``; runs on the LiteRT interpreter."""
 
     name = "tflite"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", UINT8_INPUT)
     extra = "tflite"
     suffix = ".tflite"
     modules = ("onnx2tf", "tensorflow", "ai_edge_litert.interpreter")
@@ -362,21 +366,26 @@ class TfliteTarget(Target):
             raise ExportError(f"tflite needs the pipeline's opset-17 ONNX file (job.onnx_path), "
                               f"got {job.onnx_path}")
         input_size = tuple(job.model.cfg.input_size)  # type: ignore[attr-defined]
+        quant = quantized_as(job.precision)
         int8_io = job.precision == "int8" and bool(job.options.get("int8_io", False))
-        calib = _check_calibration(job.calibration, input_size) if job.precision == "int8" else None
+        calib = _check_calibration(job.calibration, input_size) if quant == "int8" else None
         samples = _sample_images(calib if calib is not None else job.calibration, *input_size)
         reuse = bool(job.options.get("reuse_conversion", True))
         with staged_artifact(Path(job.out_dir), self.name, job.precision) as stage:
             out = _convert(Path(job.onnx_path), samples, calib, reuse)
-            produced = out / f"model_{SUFFIXES['int8_io' if int8_io else job.precision]}.tflite"
+            produced = out / f"model_{SUFFIXES['int8_io' if int8_io else quant]}.tflite"
             if not produced.is_file():
                 raise ExportError(f"onnx2tf wrote no {produced.name}; it wrote "
                                   f"{sorted(p.name for p in out.glob('*.tflite'))}")
             path = stage / f"model{self.suffix}"
             shutil.copyfile(produced, path)
             carried = None
-            if job.precision == "int8" and job.qat_model is not None and job.options.get("carry_qat_ranges", True):
+            if quant == "int8" and job.qat_model is not None and job.options.get("carry_qat_ranges", True):
                 carried = _carry_qat_ranges(job, out, path, calib)
+            if job.precision == UINT8_INPUT:
+                from converters.tflite_ranges import make_uint8_input
+
+                carried = {**(carried or {}), "uint8_input": make_uint8_input(path)}
             meta = self._metadata(job, path, int8_io, carried)
             _embed(path, embedded_json(meta))
             write_metadata(stage, meta, path)
@@ -394,6 +403,8 @@ class TfliteTarget(Target):
         litert = require("ai_edge_litert.interpreter", "tflite")
         it = litert.Interpreter(model_path=str(path), num_threads=1)
         inp = {**_io_spec(it.get_input_details()[0]), "layout": "NHWC"}
+        if job.precision == UINT8_INPUT:
+            inp = {**uint8_input_spec(job.metadata["input"]), **inp}
         out = _io_spec(it.get_output_details()[0])
         out["layout"] = "NHWC" if len(out["shape"]) == 4 else job.metadata["output"].get("layout")
         notes = ["the artifact is NHWC; hrnet-edge's runner transposes from/to NCHW"]
@@ -402,15 +413,18 @@ class TfliteTarget(Target):
                                       delegation.get("delegate_partitions", 0), "LiteRT",
                                       ("RESIZE_NEAREST_NEIGHBOR",)))
         quant = None
-        if job.precision == "int8":
+        if quantized_as(job.precision) == "int8":
             quant = {"tool": "onnx2tf full-integer", "weights": "int8 per-channel",
                      "activations": "int8 per-tensor", "calibration_images": int(len(job.calibration)),
                      "io": "int8" if int8_io else "float32 (QUANTIZE/DEQUANTIZE inside the graph)"}
-            if carried is not None:
+            if job.precision == UINT8_INPUT:
+                quant["io"] = "uint8 RGB NHWC in (scale 1/255), float32 out"
+            if carried is not None and "activation_ranges_from_qat" in carried:
                 quant["method"] = (f"onnx2tf full-integer conversion, then the activation ranges NNCF QAT "
                                    f"learned written into {carried['activation_ranges_from_qat']} tensors; "
                                    f"{carried['activation_ranges_recalibrated']} min/max-calibrated on their own "
                                    f"(input normalization), {carried['activation_ranges_calibrated']} keep onnx2tf's")
+            if carried is not None:
                 quant.update(carried)
         if job.precision == "fp16":
             notes.append("fp16 weights dequantized to fp32 at load; compute is fp32 on CPU")

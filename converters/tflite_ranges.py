@@ -273,3 +273,34 @@ def _requantize_bias(model, sub, x: int, w: int, b: int) -> None:
     bias.buffer = len(model.buffers) - 1
     bias.quantization.scale = new_scale.astype(np.float32)
     bias.quantization.zeroPoint = np.zeros(len(new_scale), np.int64)
+
+
+def make_uint8_input(path: Path) -> dict[str, Any]:
+    """Rewrite the INT8 ``.tflite`` at ``path`` in place to take uint8 RGB NHWC.
+
+    The float input becomes a uint8 tensor quantized with scale 1/255 and zero point 0
+    (so byte ``v`` means ``v / 255``, exactly the float the model took), and the graph's
+    first QUANTIZE, which read the float, now requantizes uint8 to the int8 scale the
+    normalization expects: the input keeps one step per grey level.
+
+    Raises:
+        ExportError: the input is not a float tensor read by one QUANTIZE.
+    """
+    from hrnet_edge.errors import ExportError
+
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")
+    schema = require("ai_edge_litert.schema_py_generated", "tflite")
+    model = fb.read_model(str(path))
+    sub = model.subgraphs[0]
+    i = sub.inputs[0]
+    readers = [name for op, name in zip(sub.operators, _op_names(model, schema)) if i in op.inputs]
+    t = sub.tensors[i]
+    if t.type != schema.TensorType.FLOAT32 or readers != ["QUANTIZE"]:
+        raise ExportError(f"tflite uint8 input: expected a float32 input read by one QUANTIZE, "
+                          f"got type {t.type} read by {readers}")
+    q = schema.QuantizationParametersT()
+    q.scale = np.array([1 / 255], np.float32)
+    q.zeroPoint = np.array([0], np.int64)
+    t.type, t.quantization = schema.TensorType.UINT8, q
+    path.write_bytes(bytes(fb.convert_object_to_bytearray(model)))
+    return {"input": "uint8 NHWC, scale 1/255, zero point 0", "first_op": "QUANTIZE uint8 -> int8"}

@@ -92,7 +92,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def carry_qat_ranges(prepared: nn.Module, qat_model: nn.Module, images: torch.Tensor) -> CarryResult:
+def carry_qat_ranges(prepared: nn.Module, qat_model: nn.Module, images: torch.Tensor,
+                     prepared_images: torch.Tensor | None = None) -> CarryResult:
     """Make each activation observer of ``prepared`` report the QAT range of its tensor.
 
     Call it after the calibration passes and before ``convert_pt2e``.
@@ -102,6 +103,8 @@ def carry_qat_ranges(prepared: nn.Module, qat_model: nn.Module, images: torch.Te
         qat_model: the NNCF QAT model whose float weights ``prepared`` was exported from
             (weights baked to NNCF's grid, see :func:`quantization.strip.strip_to_float`).
         images: a small NCHW batch (2 to 4 images) both models run for the matching.
+        prepared_images: the same images in the form ``prepared`` takes, when it differs
+            (a uint8 NHWC front); None: ``images``.
 
     Returns:
         How many observers now carry a QAT range and how many kept their calibration.
@@ -111,7 +114,8 @@ def carry_qat_ranges(prepared: nn.Module, qat_model: nn.Module, images: torch.Te
     observers = {name: m for name, m in prepared.named_modules()
                  if isinstance(m, ObserverBase) and m.qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric)}
     qat = qat_activation_tensors(qat_model, images)
-    o_inputs = _capture(observers, lambda: prepared(images))
+    feed = images if prepared_images is None else prepared_images
+    o_inputs = _capture(observers, lambda: prepared(feed))
 
     result = CarryResult(qat_quantizers=len(qat))
     used: set[int] = set()

@@ -121,7 +121,7 @@ def argmax_xy(heatmaps: np.ndarray) -> np.ndarray:
 
 def test_target_attributes(target):
     assert (target.name, target.suffix, target.extra) == ("executorch", ".pte", "executorch")
-    assert set(target.precisions) == {"fp32", "int8"}
+    assert set(target.precisions) == {"fp32", "int8", "int8u8"}
     assert target.available() == (True, "")
     assert target.runnable()[0]
 

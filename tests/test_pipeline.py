@@ -151,3 +151,26 @@ def test_check_redoes_a_row_whose_artifact_changed(pipeline_run, capsys):
         model.write_bytes(original)
     main(["check", "--run", str(run)])  # the restored artifact is checked again and passes
     assert read_json(row_path)["status"] == "passed"
+
+
+@pytest.mark.slow
+def test_uint8_input_variants_through_export_and_check(pipeline_run):
+    """`export --precisions int8u8` adds the uint8-input INT8 artifacts to a finished
+    run; `check` compares them with the QAT model like the float-input INT8 rows, and
+    they keep its accuracy (the same quantized model behind a uint8 front)."""
+    run, _ = pipeline_run
+    targets = ["onnx", "openvino", "tflite", "executorch"]
+    assert main(["export", "--run", str(run), "--precisions", "int8u8", "--targets", *targets,
+                 "--no-progress"]) == 0
+    assert main(["check", "--run", str(run)]) == 0
+    rows = {(r["target"], r["precision"]): r for r in read_json(run / "report.json")["rows"]}
+    assert ALL_ROWS | {(t, "int8u8") for t in targets} == set(rows)  # the other rows are kept
+    for t in targets:
+        r, f = rows[(t, "int8u8")], rows[(t, "int8")]
+        assert r["status"] == "passed" and r["reference"] == "qat", (t, r.get("reason"))
+        assert r["inspect"]["inputs"][0]["dtype"] in ("uint8", "u8"), r["inspect"]["inputs"]
+        # the bytes reach the same quantized model: the metric moves by a few images at most
+        assert abs(r["metric"]["AP"] - f["metric"]["AP"]) < 0.02, (t, r["metric"]["AP"], f["metric"]["AP"])
+        meta = read_json(run / "exports" / f"{t}-int8u8" / "metadata.json")
+        assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC"
+    assert main(["export", "--run", str(run), "--precisions", "int9"]) == 2  # a typo is one clear line

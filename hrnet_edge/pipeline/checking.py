@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from converters.base import quantized_as
 from converters.check import (artifact_files, artifact_hash, inspection, measure_latency,
                               peak_rss_mb, rss_mb, runtime_facts)
 from hrnet_edge.io import read_json, size_bytes, write_json
@@ -64,8 +65,8 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         ref_eval = ctx.reference_eval(source)
         row["parity"] = task.parity(ref_eval, evaluation, ctx.val_ds)
         row["metric_drop"] = float(ref_eval.metrics[task.metric] - evaluation.metrics[task.metric])
-        row["thresholds"] = task.thresholds[precision]
-        broken = task.failures(precision, row["parity"], row["metric_drop"])
+        row["thresholds"] = task.thresholds[quantized_as(precision)]
+        broken = task.failures(quantized_as(precision), row["parity"], row["metric_drop"])
         row["status"] = "failed" if broken else "passed"
         row["reason"] = "; ".join(broken)
     natural = ctx.natural_parity(runner, target, precision, source)

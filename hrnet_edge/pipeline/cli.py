@@ -38,6 +38,9 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("export", help="export to every target and precision")
     _run_args(p)
     p.add_argument("--targets", nargs="+", help="subset of targets (default: the run config's)")
+    p.add_argument("--precisions", nargs="+",
+                   help="subset of precisions (default: the run config's, else every one a target has "
+                        "but int8u8: INT8 taking uint8 RGB NHWC, exported only when named)")
     p.add_argument("--force", action="store_true", help="re-export existing artifacts")
     p = sub.add_parser("check", help="check artifacts against PyTorch; write report.json/.md")
     _run_args(p)
@@ -124,6 +127,14 @@ def cmd_export(args) -> int:
     run, cfg = _init(args, allow_new=False)
     if args.targets:
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, targets=tuple(args.targets)))
+    if getattr(args, "precisions", None):
+        from converters.base import PRECISIONS
+        from hrnet_edge.errors import unknown_choice
+
+        for p in args.precisions:
+            if p not in PRECISIONS:
+                raise unknown_choice("precision", p, PRECISIONS)
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, precisions=tuple(args.precisions)))
     with _run_log(args, run, "export") as result:
         _threads(cfg)
         rows = stage_export(run, cfg, force=args.force)

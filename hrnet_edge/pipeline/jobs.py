@@ -14,7 +14,7 @@ from pathlib import Path
 from hrnet_edge.errors import RunDirError
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
-from converters.base import ExportJob
+from converters.base import ExportJob, quantized_as
 
 
 class JobFactory:
@@ -79,7 +79,7 @@ class JobFactory:
 
     def job(self, target: str, precision: str, out_dir: Path) -> ExportJob:
         """The ExportJob for one (target, precision)."""
-        int8 = precision == "int8"
+        int8 = quantized_as(precision) == "int8"
         meta = dict(self.base_metadata)
         meta["source_model"] = "qat" if int8 else "fp32"
         job = ExportJob(model=self.model, precision=precision, out_dir=out_dir, metadata=meta,

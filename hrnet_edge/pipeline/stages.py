@@ -80,12 +80,14 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
 
 def planned_exports(cfg: RunConfig) -> list[tuple[str, str]]:
     """(target, precision) pairs this run exports, in order (ONNX first: TFLite needs it)."""
+    from converters.base import UINT8_INPUT
     from converters.registry import TARGETS, get_target
 
     pairs = []
     for name in sorted(cfg.export.targets, key=lambda n: list(TARGETS).index(n) if n in TARGETS else 99):
         for p in get_target(name).precisions:
-            if not cfg.export.precisions or p in cfg.export.precisions:
+            # the uint8-input variants are exported when named ([export] precisions)
+            if p in cfg.export.precisions or (not cfg.export.precisions and p != UINT8_INPUT):
                 pairs.append((name, p))
     return pairs
 
