@@ -168,25 +168,28 @@ def _det_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
     strides = [4 * 2**i for i in range(cfg.det_levels)]
     # avg_pool2d(k, k) floors, so level i has floor(h / 2**i) x floor(w / 2**i) points.
     sizes = [[h // 2**i, w // 2**i] for i in range(cfg.det_levels)]
-    return {
+    out = {
         "kind": "anchor_free_points",
         "num_classes": cfg.num_outputs,
         "classes": task_info.get("classes", [f"class{i}" for i in range(cfg.num_outputs)]),
         "strides": strides,
         "level_sizes": sizes,
         "columns": ["l", "t", "r", "b", "centerness", "class logits..."],
-        "decoding": {
+        "decoding": task_info.get("decoder") or {
             "steps": [
                 "points are ordered level by level (strides as listed), row-major in a level",
                 "centre of point (row, col) at stride s: cx = (col + 0.5) * s, cy = (row + 0.5) * s",
                 "box = (cx - exp(l) * s, cy - exp(t) * s, cx + exp(r) * s, cy + exp(b) * s)",
                 "score = sigmoid(class logit) * sigmoid(centerness)",
-                "keep score >= score_threshold, then per-class NMS at nms_iou",
+                "keep score > score_threshold, then per-class NMS at nms_iou",
             ],
             "score_threshold": task_info.get("score_threshold", 0.05),
             "nms_iou": task_info.get("nms_iou", 0.6),
         },
     }
+    if "category_ids" in task_info:  # class index -> the dataset's category id (COCO results)
+        out["category_ids"] = task_info["category_ids"]
+    return out
 
 
 def _cls_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:

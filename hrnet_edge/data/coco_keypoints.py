@@ -54,6 +54,17 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict:
     return data
 
 
+def quiet_coco(data: dict):
+    """A pycocotools ``COCO`` over the loaded ``data`` dict, built without its prints."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 def _validate_annotation(ann: Any, path: Path, num_joints: int) -> None:
     if not isinstance(ann, dict):
         raise DataError(f"{path}: an annotation is not an object: {str(ann)[:120]}")
@@ -189,13 +200,7 @@ class CocoKeypoints:
     def coco(self):
         """pycocotools ``COCO`` object over the same annotations (built once, quietly)."""
         if self._coco is None:
-            from pycocotools.coco import COCO
-
-            coco = COCO()
-            coco.dataset = self.data
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco.createIndex()
-            self._coco = coco
+            self._coco = quiet_coco(self.data)
         return self._coco
 
     def __len__(self) -> int:

@@ -66,7 +66,15 @@ class SegHead(nn.Module):
 
 class DetHead(nn.Module):
     """HRNetV2p detection: a pyramid made by average-pooling the V2 output, and a light
-    anchor-free (FCOS-style) head shared across levels.
+    anchor-free (FCOS-style) head.
+
+    Each level has its own tower (two conv + BatchNorm + ReLU); the box, centerness and
+    class predictors are shared across levels. A tower shared across levels does not
+    work with BatchNorm: the levels' statistics differ (average pooling changes them),
+    one BatchNorm learns a mixture that matches no level, and the eval-mode model
+    differs from the trained one. Shared convolutions with per-level BatchNorm fail at
+    export instead: folding each level's BatchNorm into the one shared weight (ExecuTorch's
+    XNNPACK lowering does) overwrites it for the other levels.
 
     Output: one tensor (N, P, 5 + num_classes) over all pyramid points P, ordered level
     by level (strides 4, 8, 16, ...), row-major inside a level. Per point:
@@ -85,25 +93,41 @@ class DetHead(nn.Module):
         self.level_convs = nn.ModuleList(
             nn.Conv2d(head_channels, head_channels, 3, padding=1) for _ in range(levels)
         )
-        self.tower = nn.Sequential(conv_bn(head_channels, head_channels), conv_bn(head_channels, head_channels))
+        self.towers = nn.ModuleList(
+            nn.Sequential(conv_bn(head_channels, head_channels), conv_bn(head_channels, head_channels))
+            for _ in range(levels)
+        )
         self.box = nn.Conv2d(head_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(head_channels, 1, 3, padding=1)
         self.cls = nn.Conv2d(head_channels, num_classes, 3, padding=1)
         nn.init.constant_(self.cls.bias, -4.6)  # prior 0.01, the usual focal-loss start
+        # The pyramid's k x k average pooling (stride k), written as a fixed depthwise
+        # convolution with weights 1/k^2: the same values, and a form every INT8 route
+        # takes (XNNPACK compiles no int8 AVERAGE_POOL_2D: ExecuTorch fails to load
+        # the program, LiteRT leaves it on its own kernels). Not trained, not saved.
+        for i in range(1, levels):
+            k = 2**i
+            self.register_buffer(f"pool{i}", torch.full((head_channels, 1, k, k), 1.0 / (k * k)),
+                                 persistent=False)
 
     @property
     def strides(self) -> tuple[int, ...]:
         return tuple(4 * 2**i for i in range(self.levels))
 
+    def _pool(self, p, i: int):
+        weight = getattr(self, f"pool{i}")
+        return nn.functional.conv2d(p, weight, stride=2**i, groups=p.shape[1])
+
     def forward(self, xs):
         p = self.reduce(self.concat(xs))
         outs = []
-        for i, conv in enumerate(self.level_convs):
-            level = nn.functional.avg_pool2d(p, 2**i, 2**i) if i else p
-            t = self.tower(conv(level))
+        for i, (conv, tower) in enumerate(zip(self.level_convs, self.towers)):
+            t = tower(conv(self._pool(p, i) if i else p))
             y = torch.cat([self.box(t), self.centerness(t), self.cls(t)], dim=1)
-            outs.append(y.flatten(2))
-        return torch.cat(outs, dim=2).transpose(1, 2)
+            # channels last, then points: the (N, P, 5 + C) layout without a transpose of a
+            # 3-D tensor (onnx2tf mis-permutes a concat of (N, D, P_i) tensors)
+            outs.append(y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1]))
+        return torch.cat(outs, dim=1)
 
 
 class ClsHead(nn.Module):

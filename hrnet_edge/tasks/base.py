@@ -246,7 +246,7 @@ def get_task(name: str) -> Task:
         from hrnet_edge.config import TASKS
 
         missing = sorted(set(TASKS) - set(_TASKS))
-        hint = f" (the {', '.join(missing)} head(s) build and export, but have no task yet)" if missing else ""
+        hint = f" (the {', '.join(missing)} head(s) build and export; their task is not in the pipeline yet)" if missing else ""
         raise unknown_choice("task", name, _TASKS) if name not in TASKS else \
             ConfigError(f"task {name!r} cannot be trained or checked yet{hint}; "
                         f"tasks with a pipeline: {', '.join(sorted(_TASKS))}")
