@@ -180,6 +180,11 @@ class Target(abc.ABC):
             ExportError: conversion failed; nothing is left in ``job.out_dir``.
         """
 
+    def supports(self, task: str, precision: str) -> tuple[bool, str]:
+        """Whether this target exports ``task`` models at ``precision``: (True, "") or
+        (False, the reason), for combinations known not to work."""
+        return True, ""
+
     def runnable(self) -> tuple[bool, str]:
         """Whether artifacts of this target can run on this host (Core ML: macOS only)."""
         mods = self.modules if self.runtime_modules is None else self.runtime_modules

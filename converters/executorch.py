@@ -89,6 +89,15 @@ class ExecuTorchTarget(Target):
         return Artifact(self.name, job.precision, job.out_dir / MODEL_FILE,
                         job.out_dir / "metadata.json", notes=list(meta["notes"]))
 
+    def supports(self, task: str, precision: str) -> tuple[bool, str]:
+        if task == "det" and quantized_as(precision) == "int8":
+            # reproduced on small graphs: two int8 conv outputs reshaped to (1, P, D) and
+            # concatenated (the head's one-tensor output) fail XNNPACK's compile; one
+            # level, or fp32, load and run
+            return False, ("ExecuTorch 1.5.1 cannot load an INT8 detection program: XNNPACK fails to "
+                           "compile (error 0x1) int8 outputs reshaped to (N, P, D) and concatenated")
+        return True, ""
+
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         require("executorch.runtime", self.extra)
         return ExecuTorchRunner(Path(artifact_dir) / MODEL_FILE, threads)
@@ -260,7 +269,8 @@ def Uint8Front(model):  # noqa: N802 - builds a module, reads like a class
             self.inner, self.cfg = inner, inner.cfg
 
         def forward(self, x):
-            return self.inner(x.permute(0, 3, 1, 2).to(torch.float32) / 255.0)
+            # cast first: XNNPACK takes a float permute, not a uint8 one
+            return self.inner(x.to(torch.float32).permute(0, 3, 1, 2) / 255.0)
 
     return _Front(model)
 

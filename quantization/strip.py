@@ -121,7 +121,9 @@ def weight_quantizers(qat_model: nn.Module, example_input: torch.Tensor) -> dict
 
 @torch.no_grad()
 def _bake_weight_quantizers(model: nn.Module, example_input: torch.Tensor) -> None:
-    params = dict(model.named_parameters())
+    # buffers too: a fixed weight (the detection pyramid's pooling convolution) is a
+    # constant NNCF quantizes like a parameter
+    params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     for name, quantizer in weight_quantizers(model, example_input).items():
         params[name].copy_(quantizer(params[name].detach()))
 

@@ -228,7 +228,7 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
-TASK_MODULES = ("pose", "seg", "cls")
+TASK_MODULES = ("pose", "seg", "det", "cls")
 
 
 def _load_all() -> None:

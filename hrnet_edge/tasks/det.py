@@ -191,6 +191,7 @@ class DetTask(Task):
             counts += n
         recall, precision = (hits / np.maximum(counts, 1)).tolist()
         recall, precision = (recall if counts[0] else 1.0), (precision if counts[1] else 1.0)
+        self._last_counts = counts
         return min(recall, precision), recall, precision
 
     def parity(self, ref: EvalResult, out: EvalResult, dataset) -> dict[str, float]:
@@ -210,15 +211,18 @@ class DetTask(Task):
         stats.update(agreement=both, agreement_recall=recall, agreement_precision=precision)
         return stats
 
-    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float:
-        """Detection agreement of two raw output batches (decoded in input pixels)."""
+    def output_agreement(self, ref: np.ndarray, out: np.ndarray) -> float | None:
+        """Detection agreement of two raw output batches (decoded in input pixels); None
+        when neither side detects anything above ``agreement_score`` (photos without the
+        dataset's objects), rather than a vacuous 1.0."""
         from hrnet_edge.evaluation.detection import decode_batch
 
         if self._geometry is None:
             raise RuntimeError("DetTask.output_agreement needs the geometry of an evaluate() call first")
         size, levels, dcfg = self._geometry
-        return self._agree(decode_batch(np.asarray(ref), size, levels, dcfg),
+        both = self._agree(decode_batch(np.asarray(ref), size, levels, dcfg),
                            decode_batch(np.asarray(out), size, levels, dcfg))[0]
+        return both if self._last_counts.sum() else None
 
     def eval_note(self, cfg: RunConfig) -> str:
         e = cfg.eval
