@@ -22,8 +22,10 @@ TARGETS = ("onnx", "openvino", "tflite", "executorch")
 # How close the uint8-input artifact must stay to the float-input one (max |error| over
 # the output range; heatmap peak agreement). ONNX and OpenVINO run the same quantized
 # graph behind a cast; TFLite requantizes the bytes to the input's int8 scale (one
-# rounding step); ExecuTorch calibrates its own quantizer for the uint8 graph.
-CLOSE = {"onnx": (0.02, 0.97), "openvino": (0.02, 0.97), "tflite": (0.1, 0.9), "executorch": (0.25, 0.85)}
+# rounding step); ExecuTorch calibrates its own quantizer for the uint8 graph, and on this
+# untrained net's flat heatmaps that moves peaks: 0.846 under an AVX2 cap (corr 0.997).
+# A layout or scaling bug sends the correlation to ~0 and the peaks to chance (1/768).
+CLOSE = {"onnx": (0.02, 0.97), "openvino": (0.02, 0.97), "tflite": (0.1, 0.9), "executorch": (0.25, 0.75)}
 # the runtime's own name of the input's element type
 UINT8_NAMES = {"onnx": "uint8", "openvino": "u8", "tflite": "uint8", "executorch": "uint8"}
 
@@ -101,7 +103,7 @@ def test_uint8_artifact_matches_the_float_input_int8(exported, name, images, par
     print(f"{name} int8u8 vs int8: {p}")
     rel, agree = CLOSE[name]
     assert out.shape == (8, 17, 32, 24)
-    assert p["rel"] < rel and p["argmax_agreement"] >= agree, p
+    assert p["rel"] < rel and p["argmax_agreement"] >= agree and p["corr"] > 0.99, p
 
 
 @pytest.mark.numerics
