@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
-                             delegation_notes, quantized_as, uint8_input_spec)
+                             delegation_notes, quantized_as, to_uint8_nhwc, uint8_input_spec)
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
@@ -221,7 +221,7 @@ def _quantize_pt2e(model, example, calibration: np.ndarray | None, source: str,
     images = _check_calibration(calibration, tuple(example.shape[1:]) if not u8 else
                                 (3, *example.shape[1:3]))
     if u8:  # the uint8 front takes the pixels the float images came from
-        images = (np.clip(np.rint(images * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+        images = to_uint8_nhwc(images)
     batch = max(1, min(batch, len(images)))
     # Trace with batch 2: an example batch of 1 would specialise the dimension to 1.
     dyn = ({0: torch.export.Dim("batch", min=1, max=max(2, batch))},)

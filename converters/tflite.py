@@ -382,11 +382,12 @@ class TfliteTarget(Target):
             carried = None
             if quant == "int8" and job.qat_model is not None and job.options.get("carry_qat_ranges", True):
                 carried = _carry_qat_ranges(job, out, path, calib)
+            uint8 = None
             if job.precision == UINT8_INPUT:
                 from converters.tflite_ranges import make_uint8_input
 
-                carried = {**(carried or {}), "uint8_input": make_uint8_input(path)}
-            meta = self._metadata(job, path, int8_io, carried)
+                uint8 = make_uint8_input(path)
+            meta = self._metadata(job, path, int8_io, carried, uint8)
             _embed(path, embedded_json(meta))
             write_metadata(stage, meta, path)
         final = Path(job.out_dir)
@@ -394,7 +395,8 @@ class TfliteTarget(Target):
                         list(meta["notes"]))
 
     def _metadata(self, job: ExportJob, path: Path, int8_io: bool,
-                  carried: dict[str, Any] | None = None) -> dict[str, Any]:
+                  carried: dict[str, Any] | None = None,
+                  uint8: dict[str, Any] | None = None) -> dict[str, Any]:
         fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")
         flex = sorted({n for n in _op_names(fb.read_model(str(path)))[1] if n.startswith("Flex")})
         if flex:  # the stock LiteRT interpreter has no TF Select kernels
@@ -417,14 +419,13 @@ class TfliteTarget(Target):
             quant = {"tool": "onnx2tf full-integer", "weights": "int8 per-channel",
                      "activations": "int8 per-tensor", "calibration_images": int(len(job.calibration)),
                      "io": "int8" if int8_io else "float32 (QUANTIZE/DEQUANTIZE inside the graph)"}
-            if job.precision == UINT8_INPUT:
-                quant["io"] = "uint8 RGB NHWC in (scale 1/255), float32 out"
-            if carried is not None and "activation_ranges_from_qat" in carried:
+            if uint8 is not None:
+                quant.update(io="uint8 RGB NHWC in (scale 1/255), float32 out", uint8_input=uint8)
+            if carried is not None:
                 quant["method"] = (f"onnx2tf full-integer conversion, then the activation ranges NNCF QAT "
                                    f"learned written into {carried['activation_ranges_from_qat']} tensors; "
                                    f"{carried['activation_ranges_recalibrated']} min/max-calibrated on their own "
                                    f"(input normalization), {carried['activation_ranges_calibrated']} keep onnx2tf's")
-            if carried is not None:
                 quant.update(carried)
         if job.precision == "fp16":
             notes.append("fp16 weights dequantized to fp32 at load; compute is fp32 on CPU")

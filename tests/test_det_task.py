@@ -66,7 +66,7 @@ def test_pack_roundtrip_and_agreement_counts(setup):
     assert [len(d) for d in back] == [2, 0, 1]
     np.testing.assert_array_equal(back[0].boxes, a.boxes)
     # ref: 2 + 1 detections above 0.3, out reproduces 2 of them: recall 2/3; out's own 2 all in ref
-    both, recall, precision = task._agree([a, b], [b, b])
+    both, recall, precision, _ = task._agree([a, b], [b, b])
     assert (recall, precision, both) == pytest.approx((2 / 3, 1.0, 2 / 3))
 
 

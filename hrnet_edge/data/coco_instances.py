@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hrnet_edge.data.coco_keypoints import load_coco_json, quiet_coco
+from hrnet_edge.data.coco_keypoints import check_annotation_keys, load_coco_json, quiet_coco
 from hrnet_edge.data.seg_io import decode_image
 from hrnet_edge.errors import ConfigError, DataError
 
@@ -105,12 +105,7 @@ def _parse_annotation(ann: Any, path: Path, images: dict, cat_index: dict) -> tu
     Raises:
         DataError: the annotation is malformed or refers to an unknown image or category.
     """
-    if not isinstance(ann, dict):
-        raise DataError(f"{path}: an annotation is not an object: {str(ann)[:120]}")
-    missing = [k for k in _ANN_KEYS if k not in ann]
-    if missing:
-        raise DataError(f"{path}: annotation {ann.get('id', '?')} lacks {missing} "
-                        f"(required: {list(_ANN_KEYS)})")
+    check_annotation_keys(ann, path, _ANN_KEYS)
     if not _is_int(ann["id"]):
         raise DataError(f"{path}: annotation id {ann['id']!r} is not an integer")
     x, y, w, h = _parse_bbox(ann, path)

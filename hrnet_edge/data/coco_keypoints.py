@@ -65,13 +65,18 @@ def quiet_coco(data: dict):
     return coco
 
 
-def _validate_annotation(ann: Any, path: Path, num_joints: int) -> None:
+def check_annotation_keys(ann: Any, path: Path, keys: tuple[str, ...]) -> None:
+    """DataError unless ``ann`` is an object holding every one of ``keys``."""
     if not isinstance(ann, dict):
         raise DataError(f"{path}: an annotation is not an object: {str(ann)[:120]}")
-    missing = [k for k in _ANN_KEYS if k not in ann]
+    missing = [k for k in keys if k not in ann]
     if missing:
         raise DataError(f"{path}: annotation {ann.get('id', '?')} lacks {missing} "
-                        f"(required: {list(_ANN_KEYS)})")
+                        f"(required: {list(keys)})")
+
+
+def _validate_annotation(ann: Any, path: Path, num_joints: int) -> None:
+    check_annotation_keys(ann, path, _ANN_KEYS)
     if len(ann["keypoints"]) != 3 * num_joints:
         raise DataError(f"{path}: annotation {ann['id']} has {len(ann['keypoints'])} keypoint "
                         f"values, expected {3 * num_joints} ([x, y, v] for {num_joints} keypoints)")

@@ -100,6 +100,7 @@ class DetTask(Task):
 
     def __init__(self):
         self._geometry: tuple[tuple[int, int], int, Any] | None = None
+        self._agreement = (DetEval.agreement_score, DetEval.agreement_iou)
 
     def validate(self, cfg: RunConfig) -> None:
         if cfg.data.format not in FORMATS:
@@ -177,11 +178,12 @@ class DetTask(Task):
     def agreement(self, ref: EvalResult, out: EvalResult, dataset) -> float:
         return self._agree(_unpack(ref.decoded, len(ref.ids)), _unpack(out.decoded, len(out.ids)))[0]
 
-    def _agree(self, ref_dets: list, out_dets: list) -> tuple[float, float, float]:
-        """(min of both directions, recall of ref, precision of out), over all images."""
+    def _agree(self, ref_dets: list, out_dets: list) -> tuple[float, float, float, int]:
+        """(min of both directions, recall of ref, precision of out, detections above the
+        score on both sides), over all images."""
         from hrnet_edge.evaluation.detection import detection_agreement
 
-        score, iou = getattr(self, "_agreement", (0.3, 0.9))
+        score, iou = self._agreement
         hits = np.zeros(2)
         counts = np.zeros(2)
         for r, o in zip(ref_dets, out_dets):
@@ -191,8 +193,7 @@ class DetTask(Task):
             counts += n
         recall, precision = (hits / np.maximum(counts, 1)).tolist()
         recall, precision = (recall if counts[0] else 1.0), (precision if counts[1] else 1.0)
-        self._last_counts = counts
-        return min(recall, precision), recall, precision
+        return min(recall, precision), recall, precision, int(counts.sum())
 
     def parity(self, ref: EvalResult, out: EvalResult, dataset) -> dict[str, float]:
         """Raw-output statistics overall and per pyramid level (each level on its own
@@ -207,7 +208,7 @@ class DetTask(Task):
             per_level.append({"psnr_db": s["psnr_db"], "cosine": s["cosine"]})
             first += h * w
         stats["levels"] = per_level
-        both, recall, precision = self._agree(_unpack(ref.decoded, len(ref.ids)), _unpack(out.decoded, len(out.ids)))
+        both, recall, precision, _ = self._agree(_unpack(ref.decoded, len(ref.ids)), _unpack(out.decoded, len(out.ids)))
         stats.update(agreement=both, agreement_recall=recall, agreement_precision=precision)
         return stats
 
@@ -220,9 +221,9 @@ class DetTask(Task):
         if self._geometry is None:
             raise RuntimeError("DetTask.output_agreement needs the geometry of an evaluate() call first")
         size, levels, dcfg = self._geometry
-        both = self._agree(decode_batch(np.asarray(ref), size, levels, dcfg),
-                           decode_batch(np.asarray(out), size, levels, dcfg))[0]
-        return both if self._last_counts.sum() else None
+        both, _, _, counted = self._agree(decode_batch(np.asarray(ref), size, levels, dcfg),
+                                          decode_batch(np.asarray(out), size, levels, dcfg))
+        return both if counted else None
 
     def eval_note(self, cfg: RunConfig) -> str:
         e = cfg.eval
