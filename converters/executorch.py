@@ -89,15 +89,6 @@ class ExecuTorchTarget(Target):
         return Artifact(self.name, job.precision, job.out_dir / MODEL_FILE,
                         job.out_dir / "metadata.json", notes=list(meta["notes"]))
 
-    def supports(self, task: str, precision: str) -> tuple[bool, str]:
-        if task == "det" and quantized_as(precision) == "int8":
-            # reproduced on small graphs: two int8 conv outputs reshaped to (1, P, D) and
-            # concatenated (the head's one-tensor output) fail XNNPACK's compile; one
-            # level, or fp32, load and run
-            return False, ("ExecuTorch 1.5.1 cannot load an INT8 detection program: XNNPACK fails to "
-                           "compile (error 0x1) int8 outputs reshaped to (N, P, D) and concatenated")
-        return True, ""
-
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         require("executorch.runtime", self.extra)
         return ExecuTorchRunner(Path(artifact_dir) / MODEL_FILE, threads)
@@ -170,6 +161,7 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     import torch
 
     from hrnet_edge.models.blocks import upsample_form
+    from hrnet_edge.models.heads import per_level_predictors
 
     h, w = model.cfg.input_size
     u8 = job.precision == UINT8_INPUT
@@ -177,8 +169,10 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     form = str(job.options.get("upsample_form", "interpolate"))
-    with torch.no_grad(), upsample_form(model, form) as n_up:
+    with torch.no_grad(), upsample_form(model, form) as n_up, per_level_predictors(model) as n_heads:
         meta["upsample_form"] = {"form": form, "modules": n_up}
+        if n_heads:  # detection: XNNPACK compiles no int8 conv shared by inputs of different scales
+            meta["predictors"] = "one copy of the shared box/centerness/class convolutions per pyramid level (same weights)"
         if quantized_as(job.precision) == "int8":
             carry_from = job.qat_model if meta["source_model"] == "qat" and job.options.get("carry_qat_ranges", True) else None
             ep, quant = _quantize_pt2e(Uint8Front(model) if u8 else model, example, job.calibration,

@@ -97,3 +97,48 @@ def test_float_exports_of_the_head_match_pytorch(setup, tmp_path, name):
         ref = model(torch.from_numpy(x)).numpy()
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() / (ref.max() - ref.min()) < 1e-4
+
+
+def test_per_level_predictors_keep_outputs_and_leave_nothing(setup):
+    from hrnet_edge.models.heads import per_level_predictors
+
+    _task, _cfg, val, model = setup
+    x = torch.from_numpy(val.stack_images([0, 1]))
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        ref = model(x)
+        with per_level_predictors(model) as n:
+            assert n == 1 and len(model.head.per_level) == model.cfg.det_levels
+            copied = model(x)
+            # each level has its own modules (not the shared ones)
+            assert model.head.per_level[0][0] is not model.head.box
+    assert torch.equal(ref, copied)
+    assert set(model.state_dict()) == keys and "per_level" not in model.head._modules
+
+
+@pytest.mark.export
+@pytest.mark.numerics
+def test_executorch_int8_of_the_head_loads_and_follows_pytorch(setup, tmp_path):
+    """XNNPACK once refused to compile the INT8 head (a predictor shared by levels with
+    differently scaled inputs gets one int32 bias that fits one level only); the export
+    copies the predictors per level. The program must load and follow the float model."""
+    from converters.base import ExportJob
+    from converters.metadata import base_metadata
+    from converters.registry import get_target
+
+    _task, _cfg, val, model = setup
+    target = get_target("executorch")
+    ok, reason = target.available()
+    if not ok:
+        pytest.skip(reason)
+    x = val.stack_images(list(range(8)))
+    job = ExportJob(model=model, precision="int8", out_dir=tmp_path / "et", metadata=base_metadata(model),
+                    calibration=x, options={"upsample_form": "broadcast"})
+    art = target.export(job)
+    assert "per pyramid level" in art.metadata_path.read_text()
+    out = target.load(art.path.parent)(x[:4])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[:4])).numpy()
+    assert out.shape == ref.shape
+    cos = float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref)))
+    assert cos > 0.95, cos

@@ -1,6 +1,10 @@
 """The four HRNet heads: V1 pose, V2 segmentation, V2p detection, classification."""
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -74,7 +78,8 @@ class DetHead(nn.Module):
     one BatchNorm learns a mixture that matches no level, and the eval-mode model
     differs from the trained one. Shared convolutions with per-level BatchNorm fail at
     export instead: folding each level's BatchNorm into the one shared weight (ExecuTorch's
-    XNNPACK lowering does) overwrites it for the other levels.
+    XNNPACK lowering does) overwrites it for the other levels. The shared predictors are
+    copied per level for ExecuTorch (see :func:`per_level_predictors`).
 
     Output: one tensor (N, P, 5 + num_classes) over all pyramid points P, ordered level
     by level (strides 4, 8, 16, ...), row-major inside a level. Per point:
@@ -121,13 +126,37 @@ class DetHead(nn.Module):
     def forward(self, xs):
         p = self.reduce(self.concat(xs))
         outs = []
+        per_level = self._modules.get("per_level")  # set only inside per_level_predictors()
         for i, (conv, tower) in enumerate(zip(self.level_convs, self.towers)):
             t = tower(conv(self._pool(p, i) if i else p))
-            y = torch.cat([self.box(t), self.centerness(t), self.cls(t)], dim=1)
+            box, centerness, cls = per_level[i] if per_level is not None else (self.box, self.centerness, self.cls)
+            y = torch.cat([box(t), centerness(t), cls(t)], dim=1)
             # channels last, then points: the (N, P, 5 + C) layout without a transpose of a
             # 3-D tensor (onnx2tf mis-permutes a concat of (N, D, P_i) tensors)
             outs.append(y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1]))
         return torch.cat(outs, dim=1)
+
+
+@contextmanager
+def per_level_predictors(model: nn.Module) -> Iterator[int]:
+    """Give every :class:`DetHead` of ``model`` its own copy of the box, centerness and
+    class predictors per level while the block runs (same weights: the outputs are
+    identical); yields how many heads changed. Nothing is left on the model afterwards.
+
+    For INT8 graphs quantized per use of a weight (PT2E for XNNPACK): a convolution
+    shared by levels whose inputs have different scales gets one int32 bias whose scale
+    (input scale x weight scale) fits only one level, and XNNPACK refuses to compile the
+    others (xnn_status_invalid_parameter). With one copy per level each is consistent.
+    """
+    heads = [m for m in model.modules() if isinstance(m, DetHead)]
+    for h in heads:
+        h.per_level = nn.ModuleList(
+            nn.ModuleList(copy.deepcopy(m) for m in (h.box, h.centerness, h.cls)) for _ in range(h.levels))
+    try:
+        yield len(heads)
+    finally:
+        for h in heads:
+            del h.per_level
 
 
 class ClsHead(nn.Module):
