@@ -11,6 +11,7 @@ for TFLite). A target never calls another target: when one needs another's produ
 from __future__ import annotations
 
 import abc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -146,6 +147,71 @@ class Runner(abc.ABC):
 
     def set_threads(self, n: int) -> None:  # pragma: no cover - optional
         """Fix the runtime's thread count where the runtime allows it."""
+
+
+class AdapterRunner(Runner):
+    """An exported artifact run through the device runtime's adapter
+    (:mod:`hrnet_edge_runtime.adapters`), so every host check also runs the code that
+    ``hrnet-edge-run`` runs on a device.
+
+    The artifact's files are first compared with the sha256 its ``metadata.json``
+    records: a changed or truncated file is an error, never a silently checked one.
+    The adapter takes the artifact's own input (one image, its layout and dtype) and
+    returns its raw output; this runner keeps the project's contract around it: NCHW
+    float in (``prepare``), batches split into single images, NHWC outputs (TFLite)
+    turned back to NCHW.
+    """
+
+    def __init__(self, artifact_dir: Path, threads: int = 2):
+        from hrnet_edge_runtime.metadata import load_artifact, verify_sha256
+
+        with _runtime_errors(artifact_dir):
+            self.artifact = load_artifact(artifact_dir)
+            verify_sha256(self.artifact)
+        self._open(threads)
+        spec = self.adapter.input_spec
+        self.input_form = UINT8_NHWC if spec.dtype == "uint8" else FLOAT_NCHW
+        self._nhwc_float = spec.dtype != "uint8" and spec.layout == "NHWC"
+        self._nhwc_out = self.artifact.output.get("layout") == "NHWC"
+
+    def _open(self, threads: int) -> None:
+        from hrnet_edge_runtime.adapters import open_adapter
+
+        with _runtime_errors(self.artifact.dir):
+            self.adapter = open_adapter(self.artifact, device="CPU", threads=threads)
+        self.threads = threads
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self._nhwc_float and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        with _runtime_errors(self.artifact.dir):
+            y = np.concatenate([self.adapter.run(x[i:i + 1]) for i in range(x.shape[0])])
+        return y.transpose(0, 3, 1, 2) if self._nhwc_out and y.ndim == 4 else y
+
+    def set_threads(self, n: int) -> None:
+        self.adapter.close()
+        self._open(n)
+
+    def runtime_facts(self) -> dict[str, Any]:
+        """What the runtime reports it did (the adapter's ``info``), in the keys the
+        check rows have always used: OpenVINO's config, inference precision and
+        convolution kernels per precision."""
+        info = self.adapter.info()
+        return {k: info[k] for k in ("config", "inference_precision", "convolutions") if info.get(k) is not None}
+
+
+@contextmanager
+def _runtime_errors(where):
+    """The device runtime's errors (a file that differs from its metadata, a runtime
+    that cannot open it) as this project's ExportError naming the artifact."""
+    from hrnet_edge_runtime.errors import RuntimeErrorBase
+
+    from hrnet_edge.errors import ExportError
+
+    try:
+        yield
+    except RuntimeErrorBase as exc:
+        raise ExportError(f"{where}: {exc}") from exc
 
 
 class Target(abc.ABC):

@@ -87,6 +87,8 @@ def inspection(target, art_dir: Path, sha256: str | None = None) -> dict[str, An
 def runtime_facts(runner) -> dict[str, Any]:
     """What the runtime really did, where it says: e.g. OpenVINO's hint, the precision
     the plugin chose and its convolution kernels per precision."""
+    if hasattr(runner, "runtime_facts"):  # an artifact run through the device runtime's adapter
+        return runner.runtime_facts()
     runtime = {k: getattr(runner, k) for k in ("config", "inference_precision") if hasattr(runner, k)}
     if hasattr(runner, "executed_precisions"):  # from the compiled execution graph
         runtime["convolutions"] = runner.executed_precisions()

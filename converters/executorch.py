@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              delegation_notes, quantized_as, to_uint8_nhwc, uint8_input_spec)
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
@@ -91,6 +91,8 @@ class ExecuTorchTarget(Target):
 
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         require("executorch.runtime", self.extra)
+        if (Path(artifact_dir) / "metadata.json").is_file():  # an export: the device runtime's code
+            return AdapterRunner(Path(artifact_dir), threads)
         return ExecuTorchRunner(Path(artifact_dir) / MODEL_FILE, threads)
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:
@@ -172,7 +174,8 @@ def _build_program(model, job: ExportJob, meta: dict[str, Any]):
     with torch.no_grad(), upsample_form(model, form) as n_up, per_level_predictors(model) as n_heads:
         meta["upsample_form"] = {"form": form, "modules": n_up}
         if n_heads:  # detection: XNNPACK compiles no int8 conv shared by inputs of different scales
-            meta["predictors"] = "one copy of the shared box/centerness/class convolutions per pyramid level (same weights)"
+            meta["predictors"] = ("one copy of the shared box/centerness/class convolutions per pyramid "
+                                  "level (same weights)")
         if quantized_as(job.precision) == "int8":
             carry_from = job.qat_model if meta["source_model"] == "qat" and job.options.get("carry_qat_ranges", True) else None
             ep, quant = _quantize_pt2e(Uint8Front(model) if u8 else model, example, job.calibration,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
     from torch import nn
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
@@ -213,6 +213,8 @@ class OnnxTarget(Target):
 
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         require("onnxruntime", self.extra)
+        if (Path(artifact_dir) / "metadata.json").is_file():  # an export: the device runtime's code
+            return AdapterRunner(Path(artifact_dir), threads)
         return OnnxRunner(Path(artifact_dir) / f"model{self.suffix}", threads)
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:

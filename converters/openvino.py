@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
@@ -81,9 +81,6 @@ def read_embedded_metadata(xml_path: str | Path) -> dict[str, Any]:
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
 
 
-_KERNEL_TYPES = {"f32", "bf16", "f16", "i8", "u8"}
-
-
 class OpenVinoRunner(Runner):
     """An IR compiled for the CPU plugin with a fixed precision hint and thread count.
 
@@ -126,24 +123,11 @@ class OpenVinoRunner(Runner):
         self._compile(n)
 
     def executed_precisions(self, layer_type: str = "Convolution") -> dict[str, int]:
-        """How many ``layer_type`` nodes of the compiled graph run in each precision.
+        """How many ``layer_type`` nodes of the compiled graph run in each precision
+        (the device runtime's reading of the execution graph)."""
+        from hrnet_edge_runtime.adapters.ov import executed_precisions
 
-        Read from the plugin's execution graph, i.e. what the kernels really do, not
-        what was asked: e.g. ``{"bf16": 72}`` on a CPU with BF16 units under the bf16
-        hint, ``{"f32": 72}`` on one without. The kernel name's type suffix
-        (``brgconv_avx512_f32``, ``..._bf16``, ``..._I8``) is the compute type;
-        ``runtimePrecision`` names the weights' type instead (``f16`` for an fp16 IR
-        computed in f32), so it is used only when the kernel name carries no type.
-        """
-        counts: dict[str, int] = {}
-        for op in self.compiled.get_runtime_model().get_ops():
-            info = op.get_rt_info()
-            if info["layerType"].astype(str) != layer_type:
-                continue
-            suffix = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower()
-            precision = suffix if suffix in _KERNEL_TYPES else info["runtimePrecision"].astype(str)
-            counts[precision] = counts.get(precision, 0) + 1
-        return counts
+        return executed_precisions(self.compiled, layer_type) or {}
 
 
 class OpenVinoTarget(Target):
@@ -220,6 +204,8 @@ class OpenVinoTarget(Target):
     def load(self, artifact_dir: Path, threads: int = 2, hint: str | None = None) -> Runner:
         """Compile the IR for CPU; ``hint`` overrides the precision hint of the metadata."""
         artifact_dir = Path(artifact_dir)
+        if hint is None and (artifact_dir / "metadata.json").is_file():
+            return AdapterRunner(artifact_dir, threads)  # the hint the metadata gives, as on a device
         if hint is None:
             meta_path = artifact_dir / "metadata.json"
             precision = read_json(meta_path).get("precision", "fp32") if meta_path.exists() else "fp32"

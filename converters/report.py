@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from converters.device_results import device_latency, load_device_rows, pair_with_checks
 from hrnet_edge.io import atomic_path, read_json, write_json, write_text
 from hrnet_edge.runs import RunDir
 
@@ -35,12 +36,14 @@ def build_report(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "versions": env.get("versions", {}),
         "qat": qat and {k: qat[k][task.metric] for k in ("fp32", "ptq", "qat")},
         "rows": rows,
+        "device_rows": pair_with_checks(load_device_rows(run), rows, task.metric),
         "summary": {s: sum(r.get("status") == s for r in rows) for s in STATUS_TEXT},
     }
     write_json(run.report_json, report)
     write_text(run.report_md, render_markdown(report))
     plot_pareto(run.root / "pareto.png", rows, task.metric, task.metric_label,
-                machine=report["machine"].get("processor"))
+                machine=report["machine"].get("processor"),
+                devices=device_points(report["device_rows"], task.metric))
     return report
 
 
@@ -113,8 +116,46 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]) + " |")
     s = report["summary"]
     lines += [""] + [f"Note {i}: {text}" for i, text in enumerate(shared, 1)]
+    if report.get("device_rows"):
+        lines += [""] + render_device_rows(report["device_rows"])
     lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in s.items() if v), ""]
     return "\n".join(lines)
+
+
+def _runtime_text(rt: dict[str, Any]) -> str:
+    text = " ".join(str(rt[k]) for k in ("name", "version") if rt.get(k))
+    return (text + (f" ({rt['device']})" if rt.get("device") else "")).replace("|", "/") or "-"
+
+
+def render_device_rows(device_rows: list[dict[str, Any]]) -> list[str]:
+    """The "Measured on devices" section: one row per device x artifact, the host's
+    p50 of the same artifact beside the device's."""
+    lines = ["## Measured on devices", "",
+             "Results brought back from devices (`hrnet-edge report --add`). p50 is the median the tool "
+             "reports (benchmark_app: its latency at percentile 50; litert-benchmark: median_ms); a tool "
+             "that reports no median shows `-` there (the ExecuTorch Android app reports means only). "
+             "`host p50 ms`: this run's check of the same artifact on the host above (the same sha256 where "
+             "the file gives one; `other artifact` when it was re-exported since). "
+             "Memory marked PSS is the ExecuTorch app's PSS growth over idle, not a peak RSS.", "",
+             "| device | target | precision | tool | p50 ms | mean ms | load ms | peak RSS MB | runtime "
+             "| host p50 ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---:|"]
+    for d in device_rows:
+        lat, host = d.get("latency", {}), d.get("host_check", {})
+        memory = _f(d.get("peak_rss_mb"), ".0f")
+        if d.get("peak_rss_mb") is None and d.get("pss_delta_mb") is not None:
+            memory = f"PSS +{d['pss_delta_mb']:.0f}"
+        precision = d.get("precision", "-") + (" (unmatched)" if d.get("match") == "unmatched" else "")
+        if host and not host.get("same_artifact", True):
+            host_p50 = "other artifact"
+        else:
+            host_p50 = _f(host.get("p50_ms"), ".2f")
+        lines.append("| " + " | ".join([
+            str(d.get("label", "-")).replace("|", "/"), d.get("target", "-"), precision, d.get("source", "-"),
+            _f(lat.get("p50_ms"), ".2f"), _f(lat.get("mean_ms"), ".2f"), _f(d.get("load_ms"), ".1f"), memory,
+            _runtime_text(d.get("runtime") or {}), host_p50,
+        ]) + " |")
+    return lines
 
 
 RUNTIME_COLORS = {"pytorch": "#7f7f7f", "onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e",
@@ -133,11 +174,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def device_points(device_rows: list[dict[str, Any]], metric: str) -> list[tuple[float, float, str, str]]:
+    """(device latency, the host check's metric of the same artifact, target, label) per
+    device row that has both; the label says which statistic when it is not the p50."""
+    points = []
+    for d in device_rows:
+        lat, value = device_latency(d), d.get("host_check", {}).get(metric)
+        if lat is not None and value is not None and lat[0] > 0:
+            text = f"{d.get('label', 'device')} {d.get('precision', '')}"
+            text += "" if lat[1] == "p50" else f" ({lat[1]})"
+            points.append((lat[0], float(value), d.get("target", ""), text))
+    return points
+
+
 def plot_pareto(path: Path, rows: list[dict[str, Any]], metric: str, label: str,
-                machine: str | None = None) -> None:
+                machine: str | None = None, devices: list[tuple[float, float, str, str]] | None = None) -> None:
     """Latency (p50, log axis) against the task metric: colour per runtime, marker per
     precision, a legend instead of point labels (they overlap on a 2-core host where
-    most artifacts run in 1 to 3 ms), and the Pareto front of the exported artifacts."""
+    most artifacts run in 1 to 3 ms), and the Pareto front of the exported artifacts.
+    ``devices`` (:func:`device_points`) are drawn as labelled stars: the latency measured
+    on a device, at the metric the host check of the same artifact found."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,22 +207,29 @@ def plot_pareto(path: Path, rows: list[dict[str, Any]], metric: str, label: str,
         ax.scatter(x, y, s=46, c=RUNTIME_COLORS.get(target, "black"),
                    marker=PRECISION_MARKERS.get(precision, "x"), edgecolors="black", linewidths=0.4,
                    alpha=0.55 if target == "pytorch" else 0.95, zorder=3)
+    for x, y, target, text in devices or []:
+        ax.scatter(x, y, s=130, c=RUNTIME_COLORS.get(target, "black"), marker="*", edgecolors="black",
+                   linewidths=0.6, zorder=4)
+        ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, zorder=5)
     front = pareto_front([(x, y) for x, y, target, _ in pts if target != "pytorch"])
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
                 linewidth=0.8, linestyle="--", zorder=2)
-    if pts:
+    if pts or devices:
         from matplotlib.ticker import FuncFormatter
 
         ax.set_xscale("log")  # milliseconds as plain numbers, 1-2-5 steps labelled
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
-    runtimes = [t for t in RUNTIME_COLORS if any(p[2] == t for p in pts)]
+    runtimes = [t for t in RUNTIME_COLORS if any(p[2] == t for p in pts + list(devices or []))]
     precisions = [p for p in PRECISION_MARKERS if any(q[3] == p for q in pts)]
     handles = [Line2D([], [], linestyle="", marker="o", color=RUNTIME_COLORS[t], label=t
                       + (" (reference)" if t == "pytorch" else "")) for t in runtimes]
     handles += [Line2D([], [], linestyle="", marker=PRECISION_MARKERS[p], color="black", markerfacecolor="white",
                        label=p) for p in precisions]
+    if devices:
+        handles.append(Line2D([], [], linestyle="", marker="*", markersize=10, color="black",
+                              markerfacecolor="white", label="measured on a device (labelled)"))
     if len(front) > 1:
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="Pareto front (exports)"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, Artifact, ExportJob, Runner, Target,
+from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              delegation_notes, quantized_as, uint8_input_spec)
 from converters.metadata import EMBED_KEY, embedded_json, finish_metadata, staged_artifact, write_metadata
 from hrnet_edge.deps import require
@@ -439,8 +439,11 @@ class TfliteTarget(Target):
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         artifact_dir = Path(artifact_dir)
         meta_path = artifact_dir / "metadata.json"
-        layout = read_json(meta_path)["input"].get("layout", "NHWC") if meta_path.exists() else "NHWC"
-        return TfliteRunner(artifact_dir / f"model{self.suffix}", threads, layout)
+        # an export runs through the device runtime's code; the int8-I/O variant (an
+        # export option) takes quantized tensors the device runtime does not build yet
+        if meta_path.is_file() and read_json(meta_path)["input"].get("dtype") != "int8":
+            return AdapterRunner(artifact_dir, threads)
+        return TfliteRunner(artifact_dir / f"model{self.suffix}", threads, "NHWC")
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:
         fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")

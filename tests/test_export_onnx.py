@@ -125,8 +125,24 @@ def test_runner_threads(exports, images):
     runner = OnnxTarget().load(arts["fp32"].path.parent, threads=1)
     a = runner(images[:1])
     runner.set_threads(2)
-    assert runner.session.get_session_options().intra_op_num_threads == 2
+    # an export runs through the device runtime's adapter (hrnet_edge_runtime)
+    assert runner.adapter.session.get_session_options().intra_op_num_threads == 2
     np.testing.assert_allclose(runner(images[:1]), a, rtol=0, atol=1e-5)
+
+
+def test_a_changed_artifact_is_refused_before_it_runs(exports, tmp_path):
+    """The checks run an export only when its files still have the sha256 that
+    metadata.json records: a truncated or edited model is an error, not a checked row."""
+    import shutil
+
+    _, arts = exports
+    copy = tmp_path / "onnx-fp32"
+    shutil.copytree(arts["fp32"].path.parent, copy)
+    OnnxTarget().load(copy)  # intact: loads
+    model = copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-100])
+    with pytest.raises(ExportError, match="sha256"):
+        OnnxTarget().load(copy)
 
 
 def test_export_onnx_function(tmp_path, settled_pose_model):

@@ -80,19 +80,20 @@ def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
     ref = _torch(settled_pose_model, images)
     p = parity(out, ref)
     rel_rms = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-    ran = runner.executed_precisions()
-    print(f"openvino {precision} (hint {runner.config['INFERENCE_PRECISION_HINT']}, "
-          f"ran {runner.inference_precision}, convolutions {ran}): {p}, rel_rms {rel_rms:.4f}")
+    facts = runner.runtime_facts()  # what the check rows record, from the device runtime's adapter
+    ran, config, used = facts["convolutions"], facts["config"], facts["inference_precision"]
+    print(f"openvino {precision} (hint {config['INFERENCE_PRECISION_HINT']}, "
+          f"ran {used}, convolutions {ran}): {p}, rel_rms {rel_rms:.4f}")
     assert out.shape == (8, 17, 32, 24)
-    assert runner.config["INFERENCE_NUM_THREADS"] == 2
-    assert runner.config["PERFORMANCE_HINT"] == "LATENCY"
+    assert config["INFERENCE_NUM_THREADS"] == 2
+    assert config["PERFORMANCE_HINT"] == "LATENCY"
     expected_hint = "bf16" if precision == "bf16" else "f32"
-    assert runner.config["INFERENCE_PRECISION_HINT"] == expected_hint
+    assert config["INFERENCE_PRECISION_HINT"] == expected_hint
     # What ran, from the execution graph: every convolution in one precision, the one
     # the plugin reports. A CPU without BF16 units falls back to f32 for the bf16 hint.
-    assert runner.inference_precision in (("bf16", "f32") if precision == "bf16" else ("f32",))
-    assert list(ran) == [runner.inference_precision] and sum(ran.values()) > 50, ran
-    if runner.inference_precision == "bf16":
+    assert used in (("bf16", "f32") if precision == "bf16" else ("f32",))
+    assert list(ran) == [used] and sum(ran.values()) > 50, ran
+    if used == "bf16":
         assert rel_rms < BF16_REL_RMS and p["corr"] > 0.99, (p, rel_rms)
         return
     # f32 compute (fp32, fp16 weights, or the bf16 hint on a CPU without BF16)
@@ -106,11 +107,12 @@ def test_int8_parity(int8_artifact, nncf_pose_model, settled_pose_model, images,
     out = runner(images)
     vs_qat = parity(out, _torch(nncf_pose_model, images))
     vs_fp32 = parity(out, _torch(settled_pose_model, images))
-    ran = runner.executed_precisions()
+    facts = runner.runtime_facts()
+    ran = facts["convolutions"]
     print(f"openvino int8 vs NNCF torch {vs_qat}; vs fp32 torch {vs_fp32}; convolutions {ran}")
     # every convolution runs an integer kernel (u8/i8 activations), none falls back to float
     assert set(ran) <= {"i8", "u8"} and sum(ran.values()) > 50, ran
-    assert runner.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert facts["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert vs_qat["rel"] < INT8_REL and vs_qat["corr"] > 0.98, vs_qat
     assert vs_qat["argmax_agreement"] >= 0.65, vs_qat
     assert vs_fp32["corr"] > 0.9 and vs_fp32["argmax_agreement"] >= 0.3, vs_fp32
@@ -151,7 +153,7 @@ def test_set_threads(artifacts, images):
     runner = OpenVinoTarget().load(artifacts["fp32"].path.parent, threads=1)
     a = runner(images[:1])
     runner.set_threads(2)
-    assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert runner.adapter.compiled.get_property("INFERENCE_NUM_THREADS") == 2
     np.testing.assert_allclose(runner(images[:1]), a, rtol=0, atol=1e-5)
 
 

@@ -86,7 +86,7 @@ def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
 
 def test_int8_parity(artifacts, settled_pose_model, images, parity):
     runner = TfliteTarget().load(artifacts["int8"].path.parent)
-    assert runner.input["dtype"] == np.float32  # float I/O, quantized inside
+    assert runner.adapter.input["dtype"] == np.float32  # float I/O, quantized inside (the device adapter)
     p = parity(runner(images), _torch(settled_pose_model, images))
     print(f"tflite int8 vs fp32 torch: {p}")
     # Post-training int8 of an untrained net against its float self: large values,

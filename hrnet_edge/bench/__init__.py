@@ -249,10 +249,10 @@ def _project_rows(bench: Bench, model, calib: np.ndarray, example, x: np.ndarray
             extra: dict[str, Any] = {"form": form} if target in ("tflite", "executorch") else {}
             if facts.get("inference_precision"):
                 extra["ran"] = facts["inference_precision"]
-            if hasattr(runner, "xml_path"):
-                extra["_profile"] = ("openvino", runner.xml_path, runner.hint)
+            if target == "openvino":
+                extra["_profile"] = ("openvino", art.path, facts.get("config", {}).get("INFERENCE_PRECISION_HINT"))
             elif target == "onnx":
-                extra["_profile"] = ("onnxruntime", runner.path, None)
+                extra["_profile"] = ("onnxruntime", art.path, None)
             info = t.inspect(art.path.parent)
             parts = info.get("delegate_partitions", info.get("delegation", {}).get("partitions"))
             if parts is not None:

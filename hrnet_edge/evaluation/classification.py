@@ -2,7 +2,9 @@
 
 The model under test is a plain callable ``np.ndarray (N, 3, H, W) float32 RGB 0..1 ->
 (N, K)`` logits, so the PyTorch model and every exported artifact are evaluated by the
-same code. Nothing here imports torch.
+same code. Nothing here imports torch. The prediction (argmax) and top-k with softmax
+probabilities are the device runtime's (:mod:`hrnet_edge_runtime.decode.cls`,
+re-exported here), ranked by the same rule as the accuracy below.
 
 Ties: classes are ranked by logit, equal logits by the lower class index first, which
 is the order ``np.argmax`` picks from. So ``top1`` always equals the accuracy of
@@ -16,9 +18,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hrnet_edge.evaluation.batching import run_batched
+from hrnet_edge_runtime.decode.cls import predict, softmax, topk
 
 from hrnet_edge.errors import DataError
+from hrnet_edge.evaluation.batching import run_batched
+
+__all__ = ["ClsEvalResult", "class_ranks", "confusion", "evaluate_classification", "per_class_accuracy",
+           "predict", "softmax", "topk", "topk_accuracy"]
 
 InferFn = Callable[[np.ndarray], Any]
 # Images decoded per dataset call: bounds memory on ImageNet's 50k images while
@@ -89,12 +95,6 @@ def topk_accuracy(logits, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float
             raise ValueError(f"k must be >= 1, got {k}")
         out[f"top{int(k)}"] = float((ranks < int(k)).mean()) if ranks.size else float("nan")
     return out
-
-
-def predict(logits) -> np.ndarray:
-    """(N,) int64 argmax class of (N, K) logits (NaN ranks last, ties to the lower index)."""
-    scores = np.asarray(logits, dtype=np.float64)
-    return np.where(np.isnan(scores), -np.inf, scores).argmax(axis=1).astype(np.int64)
 
 
 def _check_pred(pred, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

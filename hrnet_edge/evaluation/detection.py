@@ -1,324 +1,95 @@
-"""Detection decoding, NMS and COCO box evaluation of the V2p head's raw output.
+"""COCO box evaluation of the V2p head's detections; decoding re-exported from the runtime.
 
-The head returns one array (P, 5 + C) per image over all pyramid points (see
-``hrnet_edge.models.heads.DetHead``); everything that turns it into boxes lives here,
-outside the graph, so every runtime's output is decoded by the same rules. Nothing
-here imports torch: an app in another language reproduces it from
-:meth:`DecodeConfig.describe`, which is written into metadata.json.
+The raw output (P, 5 + C) per image is decoded by the torch-free device runtime
+(:mod:`hrnet_edge_runtime.decode.det`: point grid, scores, NMS, letterbox mapping),
+which the checks and a device share; its names are importable from here as before,
+with the runtime's errors raised as this project's :class:`ConfigError` (a bad
+decoding setting) and :class:`DataError` (an output that does not fit). This module
+adds the pycocotools side: COCO results and box AP.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
+from hrnet_edge_runtime.decode import det as _det
+from hrnet_edge_runtime.decode.agreement import detection_agreement
+from hrnet_edge_runtime.decode.det import (
+    BASE_STRIDE,
+    MAX_LOG_DISTANCE,
+    Detections,
+    batched_nms,
+    box_iou,
+    nms,
+    point_scores,
+    sigmoid,
+)
+from hrnet_edge_runtime.decode.errors import DecodeConfigError, DecodeInputError
 
 from hrnet_edge.errors import ConfigError, DataError
 
-BASE_STRIDE = 4
-# exp() arguments above this are clamped: exp(12) * 4 px is ~650k px, beyond any input,
-# so after clipping to the frame the box is the same as without the clamp, and float32
-# never overflows.
-MAX_LOG_DISTANCE = 12.0
+__all__ = ["BASE_STRIDE", "BBOX_STAT_NAMES", "MAX_LOG_DISTANCE", "DecodeConfig", "Detections",
+           "batched_nms", "box_iou", "coco_results", "decode", "decode_batch", "detection_agreement",
+           "evaluate_bbox", "level_shapes", "level_strides", "nms", "point_grid", "point_scores",
+           "project_errors", "sigmoid", "to_original"]
+
 BBOX_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
-@dataclass
-class Detections:
-    """Detections of one image.
-
-    Attributes:
-        boxes: (K, 4) float32 ``x1, y1, x2, y2``.
-        scores: (K,) float32, descending.
-        classes: (K,) int64 contiguous class indices.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
+@contextlib.contextmanager
+def project_errors():
+    """Raise the runtime's decoding errors as ConfigError / DataError, same message."""
+    try:
+        yield
+    except DecodeConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    except DecodeInputError as exc:
+        raise DataError(str(exc)) from exc
 
 
-def level_strides(levels: int) -> list[int]:
-    """Strides of the pyramid levels: 4, 8, 16, ... (``4 * 2**i``)."""
-    if not isinstance(levels, (int, np.integer)) or levels < 1:
-        raise ConfigError(f"levels must be a positive integer, got {levels!r}")
-    return [BASE_STRIDE * 2**i for i in range(int(levels))]
+def _translated(fn):
+    """``fn`` raising this project's errors (see :func:`project_errors`)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with project_errors():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
-def level_shapes(input_size: Sequence[int], levels: int) -> list[tuple[int, int]]:
-    """Point grid (rows, cols) of each level for an input (H, W).
-
-    Level 0 is the stride-4 map (H // 4, W // 4); level i > 0 is average-pooled from it
-    with kernel and stride 2**i, so it has ``(H // 4) // 2**i`` rows (floor).
-
-    Raises:
-        ConfigError: input_size is not two positive ints, or too small for ``levels``.
-    """
-    strides = level_strides(levels)
-    if len(input_size) != 2 or any(not isinstance(v, (int, np.integer)) or v <= 0 for v in input_size):
-        raise ConfigError(f"input_size must be two positive ints (H, W), got {tuple(input_size)!r}")
-    h0, w0 = int(input_size[0]) // BASE_STRIDE, int(input_size[1]) // BASE_STRIDE
-    shapes = [(h0 // 2**i, w0 // 2**i) for i in range(len(strides))]
-    if min(min(s) for s in shapes) == 0:
-        need = strides[-1]
-        raise ConfigError(f"input_size {tuple(input_size)} is too small for {levels} levels: "
-                          f"the stride-{need} level would be empty; H and W must be >= {need}")
-    return shapes
+level_strides = _translated(_det.level_strides)
+level_shapes = _translated(_det.level_shapes)
+point_grid = _translated(_det.point_grid)
+to_original = _translated(_det.to_original)
 
 
-def point_grid(input_size: Sequence[int], levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and strides of all pyramid points, in the head's output order.
+class DecodeConfig(_det.DecodeConfig):
+    __doc__ = _det.DecodeConfig.__doc__
 
-    Returns:
-        centres (P, 2) float32 ``(cx, cy) = ((col + 0.5) * s, (row + 0.5) * s)`` and
-        strides (P,) float32, level by level, row-major inside a level.
-    """
-    centres, strides = [], []
-    for s, (h, w) in zip(level_strides(levels), level_shapes(input_size, levels)):
-        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        centres.append(np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s], axis=1))
-        strides.append(np.full(h * w, s))
-    return (np.concatenate(centres).astype(np.float32),
-            np.concatenate(strides).astype(np.float32))
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """Post-processing of the raw detection output.
-
-    Attributes:
-        score_threshold: candidates need ``score > score_threshold``.
-        pre_nms_topk: candidates (point, class pairs) kept per level, best first.
-        iou_threshold: NMS suppresses a box whose IoU with a kept one is ``> this``.
-        max_detections: detections kept per image after NMS.
-        class_aware: NMS only within a class (else across all classes).
-        min_box_size: boxes narrower or shorter than this (input pixels, after
-            clipping) are dropped before NMS: a box squeezed to a line by the image
-            border or a collapsed distance carries no object, and its IoU with anything
-            is numerically meaningless.
-    """
-
-    score_threshold: float = 0.05
-    pre_nms_topk: int = 1000
-    iou_threshold: float = 0.6
-    max_detections: int = 100
-    class_aware: bool = True
-    min_box_size: float = 1.0
-
-    def __post_init__(self):  # a bad value raises here, not as odd detections later
-        if not 0.0 <= self.score_threshold < 1.0:
-            raise ConfigError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
-        if not 0.0 < self.iou_threshold <= 1.0:
-            raise ConfigError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
-        for name in ("pre_nms_topk", "max_detections"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-
-    def to_dict(self) -> dict:
-        """The fields as a plain dict (JSON-ready)."""
-        return asdict(self)
+    def __post_init__(self):
+        with project_errors():
+            super().__post_init__()
 
     def describe(self, input_size: Sequence[int], levels: int) -> dict:
-        """A language-neutral description of decoding, for metadata.json.
+        with project_errors():
+            return super().describe(input_size, levels)
 
-        Args:
-            input_size: the model input (H, W).
-            levels: number of pyramid levels.
-        """
-        rows, first = [], 0
-        for s, (h, w) in zip(level_strides(levels), level_shapes(input_size, levels)):
-            rows.append({"stride": s, "rows": h, "cols": w, "first_point": first, "num_points": h * w})
-            first += h * w
-        return {
-            "output": {
-                "shape": "(N, P, 5 + C)", "points": first, "levels": rows,
-                "order": "level by level (stride ascending), row-major inside a level; "
-                         "point index p = first_point + row * cols + col",
-                "per_point": "[l, t, r, b, centerness_logit, class_logit_0 .. class_logit_{C-1}]",
-            },
-            "point_centre": "cx = (col + 0.5) * stride, cy = (row + 0.5) * stride (input pixels)",
-            "box": "x1 = cx - exp(l) * stride, y1 = cy - exp(t) * stride, "
-                   "x2 = cx + exp(r) * stride, y2 = cy + exp(b) * stride",
-            "exp_clamp": f"the exp argument is clamped to at most {MAX_LOG_DISTANCE} (no lower clamp)",
-            "sigmoid": "sigmoid(x) = 1 / (1 + exp(-x)), computed stably",
-            "score": "score[p, c] = sigmoid(class_logit_c) * sigmoid(centerness_logit)",
-            "candidates": f"per level: all (point, class) pairs with score > {self.score_threshold}; "
-                          f"keep the {self.pre_nms_topk} highest per level (ties: lower p * C + c first)",
-            "clip": "boxes clipped to x in [0, W], y in [0, H] of the input, then boxes with "
-                    f"x2 - x1 < {self.min_box_size} or y2 - y1 < {self.min_box_size} dropped, before NMS",
-            "iou": "continuous coordinates, no +1: area = (x2 - x1) * (y2 - y1); "
-                   "IoU = inter / (area_a + area_b - inter), 0 when the union is <= 0",
-            "nms": f"greedy: candidates sorted by descending score (ties: lower p * C + c first); "
-                   f"keep the first, drop every later box with IoU > {self.iou_threshold}, repeat; "
-                   + ("per class (boxes of different classes never suppress each other)"
-                      if self.class_aware else "across all classes"),
-            "max_detections": f"keep the first {self.max_detections} after NMS, in descending score",
-            "letterbox": "image resized by `scale` and placed at the top-left of the input, no "
-                         "padding offset: original = input / scale, clipped to the original image",
-            "config": self.to_dict(),
-            "input_size": [int(input_size[0]), int(input_size[1])],
-        }
+    describe.__doc__ = _det.DecodeConfig.describe.__doc__
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function (no overflow for any finite input)."""
-    x = np.asarray(x, np.float64)
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+def decode(raw, input_size: Sequence[int], levels: int, cfg: _det.DecodeConfig = DecodeConfig()) -> Detections:
+    """:func:`hrnet_edge_runtime.decode.det.decode`, raising ConfigError / DataError."""
+    with project_errors():
+        return _det.decode(raw, input_size, levels, cfg)
 
 
-def point_scores(centerness_logit: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
-    """The score of every (point, class): ``sigmoid(class) * sigmoid(centerness)``.
-
-    Args:
-        centerness_logit: (P,) logits.
-        class_logits: (P, C) logits.
-    """
-    return sigmoid(class_logits) * sigmoid(centerness_logit)[:, None]
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes in continuous coordinates (no +1).
-
-    Returns:
-        (len(a), len(b)) float64; 0 where the union is empty.
-    """
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    iw = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
-    ih = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
-    inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS: highest score first, drop boxes with IoU > threshold to a kept one.
-
-    Ties in score are broken by the lower index (a stable sort).
-
-    Returns:
-        int64 indices of the kept boxes, in descending score.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
-    return np.asarray(keep, np.int64)
-
-
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                iou_threshold: float) -> np.ndarray:
-    """Class-aware NMS: :func:`nms` inside each class, never across classes.
-
-    Returns:
-        int64 indices of the kept boxes, in descending score (ties: lower index).
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64)
-    classes = np.asarray(classes)
-    # per class rather than the coordinate-offset trick: offsets change float values and
-    # could flip IoU comparisons that sit exactly on the threshold
-    kept = [np.flatnonzero(classes == c)[nms(boxes[classes == c], scores[classes == c], iou_threshold)]
-            for c in np.unique(classes)]
-    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    kept.sort()  # index order first, so the stable score sort breaks ties by index
-    return kept[np.argsort(-scores[kept], kind="stable")].astype(np.int64)
-
-
-def _check_raw(raw: np.ndarray, num_points: int) -> np.ndarray:
-    raw = np.asarray(raw)
-    if raw.ndim != 2 or raw.shape[0] != num_points or raw.shape[1] < 6:
-        raise DataError(f"raw detection output must be (P, 5 + C) with P = {num_points} points "
-                        f"for this input size and C >= 1, got {raw.shape}")
-    if np.isnan(raw).any():
-        raise DataError(f"raw detection output holds {int(np.isnan(raw).sum())} NaN values")
-    return raw.astype(np.float64)
-
-
-def _select_candidates(scores: np.ndarray, level_sizes: list[int], cfg: DecodeConfig) -> np.ndarray:
-    """Flat indices ``p * C + c`` above the threshold, top-k per level, ascending."""
-    num_classes = scores.shape[1]
-    picked, start = [], 0
-    for n in level_sizes:
-        flat = scores[start:start + n].ravel()
-        idx = np.flatnonzero(flat > cfg.score_threshold)
-        idx = idx[np.argsort(-flat[idx], kind="stable")[:cfg.pre_nms_topk]]
-        picked.append(idx + start * num_classes)
-        start += n
-    return np.sort(np.concatenate(picked))
-
-
-def decode(raw: np.ndarray, input_size: Sequence[int], levels: int,
-           cfg: DecodeConfig = DecodeConfig()) -> Detections:
-    """Detections of one image from the head's raw output.
-
-    Args:
-        raw: (P, 5 + C) raw output of one image.
-        input_size: the model input (H, W).
-        levels: number of pyramid levels.
-        cfg: thresholds and NMS settings.
-
-    Returns:
-        Boxes in input pixels, clipped to the input frame, in descending score.
-
-    Raises:
-        DataError: raw has the wrong shape for the input size or holds NaN.
-    """
-    centres, strides = point_grid(input_size, levels)
-    raw = _check_raw(raw, centres.shape[0])
-    num_classes = raw.shape[1] - 5
-    scores = point_scores(raw[:, 4], raw[:, 5:])
-    flat = _select_candidates(scores, [h * w for h, w in level_shapes(input_size, levels)], cfg)
-    pts, cls = flat // num_classes, flat % num_classes
-    dist = np.exp(np.minimum(raw[pts, :4], MAX_LOG_DISTANCE)) * strides[pts, None]
-    c = centres[pts].astype(np.float64)
-    boxes = np.stack([c[:, 0] - dist[:, 0], c[:, 1] - dist[:, 1],
-                      c[:, 0] + dist[:, 2], c[:, 1] + dist[:, 3]], axis=1)
-    h, w = int(input_size[0]), int(input_size[1])
-    boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-    sc = scores[pts, cls]
-    big = ((boxes[:, 2] - boxes[:, 0]) >= cfg.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= cfg.min_box_size)
-    boxes, sc, cls = boxes[big], sc[big], cls[big]
-    keep = (batched_nms(boxes, sc, cls, cfg.iou_threshold) if cfg.class_aware
-            else nms(boxes, sc, cfg.iou_threshold))[:cfg.max_detections]
-    return Detections(boxes[keep], sc[keep].astype(np.float32), cls[keep].astype(np.int64))
-
-
-def decode_batch(raw: np.ndarray, input_size: Sequence[int], levels: int,
-                 cfg: DecodeConfig = DecodeConfig()) -> list[Detections]:
-    """:func:`decode` of every image of a (N, P, 5 + C) batch."""
-    raw = np.asarray(raw)
-    if raw.ndim != 3:
-        raise DataError(f"raw detection output of a batch must be (N, P, 5 + C), got {raw.shape}")
-    return [decode(r, input_size, levels, cfg) for r in raw]
-
-
-def to_original(dets: Detections, scale: float, orig_hw: Sequence[int]) -> Detections:
-    """Map detections from the letterboxed input back to the original image.
-
-    The letterbox resizes by ``scale`` and places the image at the top-left (no
-    padding offset), so ``original = input / scale``, clipped to the original (H, W).
-    """
-    if not np.isfinite(scale) or scale <= 0:
-        raise DataError(f"letterbox scale must be a positive finite number, got {scale!r}")
-    h, w = int(orig_hw[0]), int(orig_hw[1])
-    boxes = np.clip(np.asarray(dets.boxes, np.float64) / scale, 0, [w, h, w, h])
-    return Detections(boxes.astype(np.float32), dets.scores.copy(), dets.classes.copy())
+def decode_batch(raw, input_size: Sequence[int], levels: int,
+                 cfg: _det.DecodeConfig = DecodeConfig()) -> list[Detections]:
+    """:func:`hrnet_edge_runtime.decode.det.decode_batch`, raising ConfigError / DataError."""
+    with project_errors():
+        return _det.decode_batch(raw, input_size, levels, cfg)
 
 
 def coco_results(dets_per_image: Sequence[Detections], image_ids: Sequence[int],
@@ -401,40 +172,3 @@ def evaluate_bbox(coco_gt, results: list[dict], image_ids: Sequence[int] | None 
         ev.accumulate()
         ev.summarize()
     return {**{k: float(v) for k, v in zip(BBOX_STAT_NAMES, ev.stats)}, "no_results": False}
-
-
-def _greedy_matches(src: Detections, dst: Detections, iou: float) -> int:
-    """One-to-one greedy matches of ``src`` (descending score) to same-class ``dst``."""
-    if not len(src) or not len(dst):
-        return 0
-    ious = box_iou(src.boxes, dst.boxes)
-    ious[src.classes[:, None] != dst.classes[None, :]] = -1.0
-    free = np.ones(len(dst), bool)
-    matched = 0
-    for i in np.argsort(-src.scores.astype(np.float64), kind="stable"):
-        cand = np.where(free, ious[i], -1.0)
-        j = int(np.argmax(cand))  # the best overlap; ties go to the lower index
-        if cand[j] >= iou:
-            free[j] = False
-            matched += 1
-    return matched
-
-
-def detection_agreement(ref: Detections, out: Detections, score_threshold: float,
-                        iou: float = 0.9) -> tuple[float, float]:
-    """How well ``out`` (e.g. an exported artifact) reproduces ``ref`` (PyTorch).
-
-    Recall: the share of ref's detections with score > threshold that ``out`` has with
-    the same class and IoU >= ``iou`` (matched one-to-one, greedily by descending ref
-    score, against all of out's detections so a score just under the threshold still
-    counts as reproduced). Precision: the same the other way round.
-
-    Returns:
-        (recall_of_ref, precision_of_out); a side with nothing above the threshold
-        scores 1.0 (nothing to reproduce), so two empty sets give (1.0, 1.0).
-    """
-    ref_hi, out_hi = (Detections(d.boxes[m], d.scores[m], d.classes[m])
-                      for d, m in ((ref, ref.scores > score_threshold), (out, out.scores > score_threshold)))
-    recall = _greedy_matches(ref_hi, out, iou) / len(ref_hi) if len(ref_hi) else 1.0
-    precision = _greedy_matches(out_hi, ref, iou) / len(out_hi) if len(out_hi) else 1.0
-    return float(recall), float(precision)

@@ -3,7 +3,8 @@
 The model under test is a plain callable ``np.ndarray (N, 3, H, W) float32 RGB 0..1 ->
 np.ndarray (N, K, h, w)`` heatmaps, so the PyTorch model and every exported artifact
 (ONNX Runtime, OpenVINO, TFLite, Core ML, ExecuTorch) are evaluated by the same code.
-Nothing here imports torch.
+Nothing here imports torch; decoding is the device runtime's
+(:mod:`hrnet_edge_runtime.decode.pose`), so the checks and a device decode alike.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hrnet_edge.evaluation.batching import run_batched
+from hrnet_edge_runtime.decode.pose import (decode_heatmaps, flip_average, heatmap_to_image,
+                                            person_scores)
 
-from hrnet_edge.data.heatmaps import decode_heatmaps, flip_heatmaps, heatmap_to_image
 from hrnet_edge.data.keypoints import PERSON_CATEGORY_ID
+from hrnet_edge.evaluation.batching import run_batched
 from hrnet_edge.errors import DataError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -59,8 +61,7 @@ def _predict_batch(infer: InferFn, batch: np.ndarray, flip_perm: np.ndarray | No
     if flip_perm is not None:
         # The heatmap grid is pixel-centre aligned with the input, so mirroring the
         # flipped output lines up exactly, with no one-pixel shift.
-        hm_f = _run(infer, batch[:, :, :, ::-1], fixed_batch)
-        hm = 0.5 * (hm + flip_heatmaps(hm_f, flip_perm))
+        hm = flip_average(hm, _run(infer, batch[:, :, :, ::-1], fixed_batch), flip_perm)
     return hm
 
 
@@ -255,9 +256,7 @@ def evaluate_pose(infer: InferFn, dataset, batch_size: int = 32, flip_test: bool
     xy, maxvals, heatmaps = _infer_instances(infer, dataset, idx, arrays, batch_size,
                                              flip_test, pad_last, progress, keep_heatmaps, decoder)
     kps = np.concatenate([xy, maxvals], axis=-1).astype(np.float32)
-    peak = maxvals[..., 0]
-    above = peak > KEYPOINT_SCORE_THRESHOLD
-    scores = np.where(above.any(1), (peak * above).sum(1) / np.maximum(above.sum(1), 1), 0.0)
+    scores = person_scores(maxvals, KEYPOINT_SCORE_THRESHOLD)
     image_ids = arrays["image_id"][idx]
     metrics = oks_ap(to_coco_results(kps, image_ids, scores), dataset.coco, image_ids=image_ids,
                      sigmas=dataset.sigmas)

@@ -6,7 +6,9 @@ exported artifact are evaluated by the same code. Logits are upsampled bilinearl
 the label size (``align_corners=False``, as PyTorch's ``F.interpolate``) before the
 argmax, and pixels accumulate into one confusion matrix over the whole set, so mIoU is
 the dataset-level IoU as Cityscapes reports it, not a mean of per-image IoUs.
-Nothing here imports torch.
+Nothing here imports torch; upsampling, flip averaging and the argmax are the device
+runtime's (:mod:`hrnet_edge_runtime.decode.seg`, re-exported here), so the checks and a
+device decode alike.
 """
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hrnet_edge.evaluation.batching import run_batched
+from hrnet_edge_runtime.decode.seg import flip_average, label_map, upsample_logits
 
 from hrnet_edge.errors import DataError
+from hrnet_edge.evaluation.batching import run_batched
+
+__all__ = ["SegEvalResult", "confusion_matrix", "evaluate_segmentation", "flip_average", "label_map",
+           "seg_metrics", "upsample_logits"]
 
 InferFn = Callable[[np.ndarray], Any]
 
@@ -108,32 +114,6 @@ def seg_metrics(conf: np.ndarray, class_names: Sequence[str] | None = None) -> d
     }
 
 
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of 1-D linear resizing with half-pixel centres."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, None)  # as PyTorch: no extrapolation before the first centre
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (..., h, w) logits to (..., H, W), ``align_corners=False``.
-
-    Separable NumPy interpolation matching ``torch.nn.functional.interpolate(...,
-    mode="bilinear", align_corners=False)``; unlike ``cv2.resize`` it has no limit on
-    the number of channels (ADE20K has 150 classes).
-    """
-    x = np.asarray(logits, np.float32)
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
-        return x
-    y0, y1, wy = _axis_weights(h, size[0])
-    x0, x1, wx = _axis_weights(w, size[1])
-    rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
-    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
-
-
 def _run(infer: InferFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
     """Logits of one batch; with ``fixed_batch`` every call gets exactly that many images."""
     return run_batched(infer, batch, fixed_batch, 4, "logits (N, K, h, w)")
@@ -143,10 +123,7 @@ def _predict(infer: InferFn, images: np.ndarray, flip_test: bool,
              fixed_batch: int | None) -> np.ndarray:
     logits = _run(infer, images, fixed_batch)
     if flip_test:
-        # Logits are on a pixel-centre grid aligned with the input, so mirroring the
-        # mirrored input's logits lines them up exactly.
-        flipped = _run(infer, np.ascontiguousarray(images[..., ::-1]), fixed_batch)
-        logits = 0.5 * (logits + flipped[..., ::-1])
+        logits = flip_average(logits, _run(infer, np.ascontiguousarray(images[..., ::-1]), fixed_batch))
     return logits
 
 
@@ -200,8 +177,7 @@ def evaluate_segmentation(infer: InferFn, dataset, batch_size: int = 8, flip_tes
         if logits.shape[1] != k:
             raise ValueError(f"infer returned {logits.shape[1]} classes, the dataset has {k}")
         labels = dataset.stack_labels(idx)
-        # One image at a time: full-resolution logits of a batch would take N*K*H*W floats.
-        pred = np.stack([upsample_logits(lg, labels.shape[1:]).argmax(0) for lg in logits])
+        pred = label_map(logits, labels.shape[1:])
         conf += confusion_matrix(pred, labels, k, dataset.ignore_index)
         preds.append(pred.astype(np.uint8))
         if keep_logits:

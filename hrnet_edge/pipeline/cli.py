@@ -45,8 +45,20 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("check", help="check artifacts against PyTorch; write report.json/.md")
     _run_args(p)
     p.add_argument("--force", action="store_true", help="re-check artifacts already checked")
-    p = sub.add_parser("report", help="re-render report.md and pareto.png from the checks")
+    p = sub.add_parser("report", help="re-render report.md and pareto.png from the checks "
+                                      "(--add merges results measured on devices)")
     _run_args(p)
+    p.add_argument("--add", nargs="+", metavar="FILE",
+                   help="device results to merge: hrnet-edge-run result JSON, OpenVINO benchmark_app "
+                        "-json_stats benchmark_report.json, litert-benchmark --result_json, or the ExecuTorch "
+                        "Android benchmark app's benchmark_results.json; kept in RUN/devices/")
+    p.add_argument("--label", help="with --add: the device's name in the report (default: the file's label, "
+                                   "else the device the tool names)")
+    p.add_argument("--target", help="with --add: the artifact's target, for files that name neither its "
+                                    "sha256 nor a <target>-<precision>/model file path")
+    p.add_argument("--precision", help="with --add: the artifact's precision (as --target)")
+    p.add_argument("--force", action="store_true",
+                   help="with --add: keep results that match no artifact of the run, marked unmatched")
     p = sub.add_parser("pipeline", help="train -> qat -> export -> check -> report, in one run directory")
     _run_args(p, config=True)
     p.add_argument("--force", action="store_true", help="redo QAT, exports and checks")
@@ -163,6 +175,19 @@ def cmd_report(args) -> int:
     from hrnet_edge.io import read_json
 
     run, _cfg = _init(args, allow_new=False)
+    if getattr(args, "add", None):
+        from converters.device_results import add_device_results
+
+        for row in add_device_results(run, args.add, label=args.label, target=args.target,
+                                      precision=args.precision, force=args.force):
+            say(f"[report] {row['file']}: {row['label']} {row['target']}-{row['precision']} "
+                f"({row['source']}, matched by {row['match']}) -> {row['path']}")
+    else:
+        given = [f"--{k}" for k in ("label", "target", "precision", "force") if getattr(args, k, None)]
+        if given:
+            from hrnet_edge.errors import ConfigError
+
+            raise ConfigError(f"{', '.join(given)}: only with --add FILE ...")
     rows = [read_json(p) for p in sorted(run.checks.glob("*.json"))]
     build_report(run, rows)
     print(run.report_md.read_text())
