@@ -85,11 +85,14 @@ class DetTask(Task):
     data_config = DetData
     eval_config = DetEval
     shown_metrics = ("AP", "AP50")
-    default_overrides = {"input_size": (160, 160), "num_outputs": 6, "head_channels": 32}
+    default_overrides = {"input_size": (128, 128), "num_outputs": 6, "head_channels": 32}
     recipes = {
-        # measured on the built-in data (see the README): AdamW at 5e-3, batch 8
-        "quick": {"epochs": 12, "batch_size": 8, "lr": 5e-3, "weight_decay": 1e-4, "optimizer": "adamw",
-                  "schedule": "cosine", "warmup_epochs": 1},
+        # measured on the built-in data (see the README): at 128x128 AdamW at 1e-2 reaches
+        # the box AP of 160x160 at 5e-3 in less CPU time (one GPU, 12-14 epochs: 0.17-0.19
+        # both, seed noise about 0.02; 2 CPU cores, 14 epochs: 0.243). Validation every
+        # second epoch keeps the default run under 10 minutes.
+        "quick": {"epochs": 12, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "optimizer": "adamw",
+                  "schedule": "cosine", "warmup_epochs": 1, "val_every": 2},
         # HRNetV2p on COCO (Wang et al. 2020, Faster R-CNN 2x): SGD lr 0.02, momentum 0.9,
         # wd 1e-4, batch 16 (8 GPUs x 2), 24 epochs, x0.1 at 16 and 22, 800x1333 inputs.
         # This head is anchor-free (FCOS-style) rather than Faster R-CNN's two stages.
@@ -97,6 +100,11 @@ class DetTask(Task):
                   "momentum": 0.9, "schedule": "step", "milestones": (16, 22), "warmup_epochs": 1},
     }
     thresholds = DET_THRESHOLDS
+    # Measured on the 14-epoch 128x128 model (FP32 box AP 0.2428): NNCF's init 0.1445;
+    # one QAT epoch at the default 1e-5 0.1815, at 1e-4 0.2462. Keeping the box, centerness
+    # and class predictors in float instead gave 0.2427 without QAT: their INT8 inputs and
+    # weights are where the loss is, and QAT at 1e-4 wins it back.
+    qat_defaults = {"lr": 1e-4}
 
     def __init__(self):
         self._geometry: tuple[tuple[int, int], int, Any] | None = None
