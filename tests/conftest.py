@@ -140,3 +140,21 @@ def heatmap_parity(out: np.ndarray, ref: np.ndarray, tol_px: int = 1) -> dict[st
 def parity():
     """The :func:`heatmap_parity` helper, for test modules."""
     return heatmap_parity
+
+
+# The start of a subprocess script that proves code runs without some packages: the
+# top-level names in BLOCKED (filled in with str.format, like the rest of the script)
+# raise ImportError. Test modules append their own body.
+IMPORT_BLOCKER = """import importlib.abc, sys
+BLOCKED = {blocked!r}
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked in this test: {{name}}")
+        return None
+
+
+sys.meta_path.insert(0, Block())
+"""

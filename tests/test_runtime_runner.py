@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IMPORT_BLOCKER
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
@@ -123,17 +124,8 @@ def _one_line_exit2(capsys, argv) -> str:
 
 # --- (a), (d), (f): the CLI in a process where torch and the project cannot be imported ----
 
-_TORCH_FREE = textwrap.dedent("""
-    import importlib, importlib.abc, json, pkgutil, sys
-    BLOCKED = {blocked!r}
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked in this test: {{name}}")
-            return None
-
-    sys.meta_path.insert(0, Block())
+_TORCH_FREE = IMPORT_BLOCKER + textwrap.dedent("""
+    import importlib, json, pkgutil
     try:
         import torch  # noqa: F401
         raise SystemExit("the import blocker does not work")

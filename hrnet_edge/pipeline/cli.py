@@ -1,4 +1,5 @@
-"""Subcommands that work on a run directory: train, qat, export, check, report, pipeline.
+"""Subcommands that work on a run directory: train, qat, export, check, report, pipeline,
+bundle.
 
 Each reads what the previous stage wrote, so any stage can be re-run alone:
 ``hrnet-edge export --run runs/default --force`` re-exports without retraining.
@@ -62,8 +63,18 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("pipeline", help="train -> qat -> export -> check -> report, in one run directory")
     _run_args(p, config=True)
     p.add_argument("--force", action="store_true", help="redo QAT, exports and checks")
+    p = sub.add_parser("bundle", help="one zip to copy to a device: artifacts, the device runtime, "
+                                      "sample inputs with expected outputs, a README per device")
+    _run_args(p)
+    p.add_argument("--artifacts", nargs="+", required=True, metavar="NAME",
+                   help="export folders to include, e.g. tflite-int8 openvino-int8")
+    p.add_argument("--out", required=True, help="the zip to write (atomically)")
+    p.add_argument("--samples", type=int, default=4, metavar="N",
+                   help="validation images to include with each artifact's expected outputs (default 4)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     for name, fn in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export),
-                     ("check", cmd_check), ("report", cmd_report), ("pipeline", cmd_pipeline)):
+                     ("check", cmd_check), ("report", cmd_report), ("pipeline", cmd_pipeline),
+                     ("bundle", cmd_bundle)):
         command(name)(fn)
 
 
@@ -191,6 +202,15 @@ def cmd_report(args) -> int:
     rows = [read_json(p) for p in sorted(run.checks.glob("*.json"))]
     build_report(run, rows)
     print(run.report_md.read_text())
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from hrnet_edge.pipeline.bundle import make_bundle
+
+    s = make_bundle(args.run or DEFAULT_RUN, args.artifacts, args.out, samples=args.samples, force=args.force)
+    say(f"[bundle] {s['out']}: {s['files']} files, {s['bytes'] / 1e6:.2f} MB; artifacts "
+        f"{', '.join(s['artifacts'])}; {s['samples']} samples with expected outputs")
     return 0
 
 

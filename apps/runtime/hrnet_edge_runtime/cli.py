@@ -2,17 +2,22 @@
 
     hrnet-edge-run ARTIFACT_DIR [--device CPU] [--threads N] [--hint latency|throughput]
                    [--warmup 10] [--iterations 100] [--images DIR] [--profile]
-                   [--label NAME] [--skip-sha256] --out result.json
+                   [--label NAME] [--skip-sha256] [--samples DIR] --out result.json
 
 Order: read and check ``metadata.json``, verify the sha256 of the model file(s), read
 the images (if any), open the artifact (timed: load), run once (timed: first
 inference), warm up, time the iterations, record peak memory, then (``--profile``)
 open it again with the runtime's profiler for per-op times, so profiling never slows
-the timed runs. The result is validated and written atomically.
+the timed runs. With ``--samples`` (a bundle's ``samples/`` folder), the same opened
+artifact then runs the bundle's sample inputs and its outputs are compared with the
+host's (``samples`` in the result; see :mod:`hrnet_edge_runtime.samples`). The result
+is validated and written atomically.
 
 Exit codes: 0 done; 2 bad input (a missing folder, not an artifact, a sha256
-mismatch, a bad number, an unknown device, a runtime not installed), with one line on
-stderr and no file written; 1 the runtime failed while running.
+mismatch, a bad number, an unknown device, a runtime not installed, samples of another
+artifact), with one line on stderr and no file written; 1 the runtime failed while
+running, or a sample's output is outside the tolerance (the result is still written,
+one line names the sample).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from hrnet_edge_runtime.host import host_facts
 from hrnet_edge_runtime.inputs import image_to_input, list_images, random_input, read_image
 from hrnet_edge_runtime.metadata import load_artifact, verify_sha256
 from hrnet_edge_runtime.result import build_result, write_result
+from hrnet_edge_runtime.samples import SampleMismatch, load_samples, verify_samples
 from hrnet_edge_runtime.stats import check_counts, measure
 
 PROG = "hrnet-edge-run"
@@ -64,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="also record per-op times (a separate, untimed pass)")
     p.add_argument("--label", default=None, help="a name for this device in the result (default: the host name)")
     p.add_argument("--skip-sha256", action="store_true", help="do not verify the model file hashes")
+    p.add_argument("--samples", default=None, metavar="DIR",
+                   help="a bundle's samples/ folder: run its inputs and compare with the host's outputs "
+                        "(exit 1 when one is outside the tolerance)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -89,9 +98,14 @@ def run(args: argparse.Namespace) -> dict:
     inputs, described = _inputs(art, args.images)
     import_ms = adapter_class(art.target).import_runtime()  # kept out of load_ms
     options = dict(device=args.device, threads=args.threads, hint=args.hint)
+    if args.samples is not None:
+        load_samples(args.samples, art)  # bad samples fail before anything runs
     adapter, measured = measure(lambda: open_adapter(art, **options), inputs, args.warmup, args.iterations)
+    checked = None
     try:
         runtime = adapter.info()
+        if args.samples is not None:
+            checked = verify_samples(adapter, args.samples)
     finally:
         adapter.close()
     profile = NOT_REQUESTED
@@ -102,7 +116,12 @@ def run(args: argparse.Namespace) -> dict:
                           profile=profile, inputs=described, label=args.label or socket.gethostname(),
                           threads=args.threads, sha256_verified=not args.skip_sha256)
     result["runtime_import_ms"] = import_ms
+    if checked is not None:
+        result["samples"] = {k: checked[k] for k in ("count", "max_abs_over_range", "correlation", "passed",
+                                                     "tolerance")}
     write_result(out, result)
+    if checked is not None and not checked["passed"]:
+        raise SampleMismatch(f"{checked['failed']} (result written to {out})")
     return result
 
 
@@ -111,10 +130,13 @@ def summary(result: dict, out: str) -> str:
     rt, lat = result["runtime"], result["latency"]
     peak = result["peak_rss_mb"]
     threads = f", {lat['threads']} threads" if lat["threads"] else ""
+    checked = result.get("samples")
+    samples = (f", {checked['count']} samples {'passed' if checked['passed'] else 'FAILED'}"
+               if checked else "")
     return (f"{result['target']}-{result['precision']} ({result['task']}) on {rt.get('device')} "
             f"[{rt['name']} {rt.get('version')}{threads}]: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, "
-            f"load {result['load_ms']:.1f} ms, peak RSS {'%.1f MB' % peak if peak is not None else 'n/a'} "
-            f"-> {out}")
+            f"load {result['load_ms']:.1f} ms, peak RSS {'%.1f MB' % peak if peak is not None else 'n/a'}"
+            f"{samples} -> {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args)
     except RuntimeErrorBase as exc:
         _fail(str(exc), 2)
+    except SampleMismatch as exc:
+        _fail(str(exc), 1)
     except Exception as exc:  # noqa: BLE001 - a runtime failing mid-run: one line, not a traceback
         _fail(f"the runtime failed: {type(exc).__name__}: {exc}", 1)
     print(summary(result, args.out))
