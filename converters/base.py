@@ -116,6 +116,16 @@ def check_input(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def adapter_input(x: np.ndarray, spec) -> np.ndarray:
+    """NCHW float RGB in 0..1 (checked) as the device runtime's adapter takes it for an
+    artifact whose input is ``spec`` (its InputSpec): uint8 NHWC pixels, float NHWC
+    (TFLite) or float NCHW."""
+    if spec.dtype == "uint8":
+        return to_uint8_nhwc(x)
+    x = check_input(x)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if spec.layout == "NHWC" else x
+
+
 def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
     """NCHW float RGB in 0..1 (checked) as the uint8 NHWC pixels it came from."""
     x = check_input(x)
@@ -158,8 +168,8 @@ class AdapterRunner(Runner):
     records: a changed or truncated file is an error, never a silently checked one.
     The adapter takes the artifact's own input (one image, its layout and dtype) and
     returns its raw output; this runner keeps the project's contract around it: NCHW
-    float in (``prepare``), batches split into single images, NHWC outputs (TFLite)
-    turned back to NCHW.
+    float in (``prepare`` converts it with :func:`adapter_input`), batches split into
+    single images, NHWC outputs (TFLite) turned back to NCHW.
     """
 
     def __init__(self, artifact_dir: Path, threads: int = 2):
@@ -169,9 +179,7 @@ class AdapterRunner(Runner):
             self.artifact = load_artifact(artifact_dir)
             verify_sha256(self.artifact)
         self._open(threads)
-        spec = self.adapter.input_spec
-        self.input_form = UINT8_NHWC if spec.dtype == "uint8" else FLOAT_NCHW
-        self._nhwc_float = spec.dtype != "uint8" and spec.layout == "NHWC"
+        self.input_form = UINT8_NHWC if self.artifact.input.dtype == "uint8" else FLOAT_NCHW
         self._nhwc_out = self.artifact.output.get("layout") == "NHWC"
 
     def _open(self, threads: int) -> None:
@@ -181,9 +189,10 @@ class AdapterRunner(Runner):
             self.adapter = open_adapter(self.artifact, device="CPU", threads=threads)
         self.threads = threads
 
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return adapter_input(x, self.artifact.input)
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        if self._nhwc_float and x.ndim == 4:
-            x = x.transpose(0, 2, 3, 1)
         with _runtime_errors(self.artifact.dir):
             y = np.concatenate([self.adapter.run(x[i:i + 1]) for i in range(x.shape[0])])
         return y.transpose(0, 3, 1, 2) if self._nhwc_out and y.ndim == 4 else y
@@ -245,11 +254,6 @@ class Target(abc.ABC):
             MissingDependency: the backend is not installed.
             ExportError: conversion failed; nothing is left in ``job.out_dir``.
         """
-
-    def supports(self, task: str, precision: str) -> tuple[bool, str]:
-        """Whether this target exports ``task`` models at ``precision``: (True, "") or
-        (False, the reason), for combinations known not to work."""
-        return True, ""
 
     def runnable(self) -> tuple[bool, str]:
         """Whether artifacts of this target can run on this host (Core ML: macOS only)."""

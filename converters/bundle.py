@@ -73,6 +73,14 @@ def runtime_entries(runtime_dir: Path = RUNTIME_DIR) -> dict[str, bytes]:
 # ---------------------------------------------------------------------- the zip
 
 
+def check_out(out: Path, force: bool) -> None:
+    """BundleError when ``out`` is a folder, or exists and ``force`` is False."""
+    if out.is_dir():
+        raise BundleError(f"--out {out} is a folder; name the zip file")
+    if out.exists() and not force:
+        raise BundleError(f"--out {out} exists; --force replaces it")
+
+
 def write_zip(out: Path, entries: Mapping[str, bytes], force: bool = False) -> Path:
     """Write ``entries`` ({name: bytes}) to ``out`` deterministically and atomically.
 
@@ -80,10 +88,7 @@ def write_zip(out: Path, entries: Mapping[str, bytes], force: bool = False) -> P
         BundleError: ``out`` exists and ``force`` is False, or is a folder.
     """
     out = Path(out)
-    if out.is_dir():
-        raise BundleError(f"--out {out} is a folder; name the zip file")
-    if out.exists() and not force:
-        raise BundleError(f"--out {out} exists; --force replaces it")
+    check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

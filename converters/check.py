@@ -85,14 +85,10 @@ def inspection(target, art_dir: Path, sha256: str | None = None) -> dict[str, An
 
 
 def runtime_facts(runner) -> dict[str, Any]:
-    """What the runtime really did, where it says: e.g. OpenVINO's hint, the precision
-    the plugin chose and its convolution kernels per precision."""
-    if hasattr(runner, "runtime_facts"):  # an artifact run through the device runtime's adapter
-        return runner.runtime_facts()
-    runtime = {k: getattr(runner, k) for k in ("config", "inference_precision") if hasattr(runner, k)}
-    if hasattr(runner, "executed_precisions"):  # from the compiled execution graph
-        runtime["convolutions"] = runner.executed_precisions()
-    return runtime
+    """What the runtime really did, where it says (an artifact run through the device
+    runtime's adapter): e.g. OpenVINO's hint, the precision the plugin chose and its
+    convolution kernels per precision."""
+    return runner.runtime_facts() if hasattr(runner, "runtime_facts") else {}
 
 
 def rss_mb() -> float:

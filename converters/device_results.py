@@ -26,13 +26,14 @@ import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from hrnet_edge_runtime.result import SCHEMA, SCHEMA_VERSION
+
 from converters.base import PRECISIONS
 from converters.registry import TARGETS
 from hrnet_edge.errors import HRNetEdgeError
 from hrnet_edge.io import read_json, write_json
 
-SCHEMA = "hrnet-edge-device-result"
-KNOWN_SCHEMA_VERSIONS = (1,)
+KNOWN_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 ACCEPTED = ("an hrnet-edge-run result (schema hrnet-edge-device-result, version "
             f"{', '.join(map(str, KNOWN_SCHEMA_VERSIONS))}), OpenVINO benchmark_app -json_stats "
             "benchmark_report.json, LiteRT litert-benchmark --result_json, or the ExecuTorch Android "

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
     from torch import nn
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
+from converters.base import (UINT8_INPUT, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
@@ -99,36 +99,6 @@ def export_qdq_onnx(qat_model: nn.Module, path: str | Path, input_size: tuple[in
     with atomic_path(path) as tmp:
         _export(stripped, tmp, example, opset)
     return path
-
-
-class OnnxRunner(Runner):
-    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
-
-    def __init__(self, path: Path, threads: int = 2):
-        self.path = Path(path)
-        self.threads = threads
-        self._make_session()
-
-    def _make_session(self) -> None:
-        ort = require("onnxruntime", "onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1  # one sequential graph: extra pools only add noise
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        first = self.session.get_inputs()[0]
-        self.input_name, self.input_shape = first.name, first.shape
-        self.input_form = UINT8_NHWC if first.type == "tensor(uint8)" else FLOAT_NCHW
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        if self.input_shape[0] == 1 and x.shape[0] != 1:  # static batch 1: loop
-            return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
-        return self.session.run(None, {self.input_name: x})[0]
-
-    def set_threads(self, n: int) -> None:
-        self.threads = n
-        self._make_session()
 
 
 def read_embedded_metadata(path: str | Path) -> dict[str, Any]:
@@ -213,9 +183,7 @@ class OnnxTarget(Target):
 
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
         require("onnxruntime", self.extra)
-        if (Path(artifact_dir) / "metadata.json").is_file():  # an export: the device runtime's code
-            return AdapterRunner(Path(artifact_dir), threads)
-        return OnnxRunner(Path(artifact_dir) / f"model{self.suffix}", threads)
+        return AdapterRunner(Path(artifact_dir), threads)  # the device runtime's adapter
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:
         onnx = require("onnx", self.extra)

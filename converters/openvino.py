@@ -23,12 +23,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:  # torch is imported where a model is exported, not to run one
     import torch
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
+from converters.base import (UINT8_INPUT, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              quantized_as, uint8_input_spec)
 from converters.metadata import (
     EMBED_KEY, INPUT_NAME, OUTPUT_NAME, embedded_json, finish_metadata, staged_artifact,
@@ -36,10 +34,10 @@ from converters.metadata import (
 )
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
-from hrnet_edge.io import read_json
 
 RT_INFO_PATH = [EMBED_KEY, "metadata"]
-# The inference precision the runner asks for, per artifact precision.
+# The inference precision hint per artifact precision, written into metadata.json: the
+# device runtime compiles with it (CPUs with BF16 units otherwise run fp32 IRs in bf16).
 RUN_HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16", UINT8_INPUT: "f32"}
 
 
@@ -79,55 +77,6 @@ def read_embedded_metadata(xml_path: str | Path) -> dict[str, Any]:
     if not model.has_rt_info(RT_INFO_PATH):
         raise ExportError(f"{xml_path} carries no '{'/'.join(RT_INFO_PATH)}' rt_info")
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
-
-
-class OpenVinoRunner(Runner):
-    """An IR compiled for the CPU plugin with a fixed precision hint and thread count.
-
-    Attributes:
-        config: the properties passed to ``compile_model`` (the hint used).
-        inference_precision: the precision the plugin actually chose (a bf16 hint
-            falls back to f32 on CPUs without BF16 units).
-    """
-
-    def __init__(self, xml_path: Path, threads: int = 2, hint: str = "f32"):
-        ov = require("openvino", "openvino")
-        self.xml_path = Path(xml_path)
-        self.hint = hint
-        self._core = ov.Core()
-        self._model = self._core.read_model(str(self.xml_path))
-        first = self._model.inputs[0].get_partial_shape()[0]
-        self.batch = first.get_length() if first.is_static else 0  # 0: any batch
-        u8 = self._model.inputs[0].get_element_type().get_type_name() == "u8"
-        self.input_form = UINT8_NHWC if u8 else FLOAT_NCHW
-        self._compile(threads)
-
-    def _compile(self, threads: int) -> None:
-        self.threads = threads
-        self.config = {
-            "INFERENCE_PRECISION_HINT": self.hint,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads,
-        }
-        self.compiled = self._core.compile_model(self._model, "CPU", self.config)
-        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self._request = self.compiled.create_infer_request()
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        if self.batch == 1 and x.shape[0] != 1:  # static batch 1: loop
-            return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
-        self._request.infer({0: x})
-        return np.array(self._request.get_output_tensor(0).data, copy=True)
-
-    def set_threads(self, n: int) -> None:
-        self._compile(n)
-
-    def executed_precisions(self, layer_type: str = "Convolution") -> dict[str, int]:
-        """How many ``layer_type`` nodes of the compiled graph run in each precision
-        (the device runtime's reading of the execution graph)."""
-        from hrnet_edge_runtime.adapters.ov import executed_precisions
-
-        return executed_precisions(self.compiled, layer_type) or {}
 
 
 class OpenVinoTarget(Target):
@@ -201,16 +150,11 @@ class OpenVinoTarget(Target):
                          "f32, divides by 255 and transposes to NCHW before the first FakeQuantize")
         return notes
 
-    def load(self, artifact_dir: Path, threads: int = 2, hint: str | None = None) -> Runner:
-        """Compile the IR for CPU; ``hint`` overrides the precision hint of the metadata."""
-        artifact_dir = Path(artifact_dir)
-        if hint is None and (artifact_dir / "metadata.json").is_file():
-            return AdapterRunner(artifact_dir, threads)  # the hint the metadata gives, as on a device
-        if hint is None:
-            meta_path = artifact_dir / "metadata.json"
-            precision = read_json(meta_path).get("precision", "fp32") if meta_path.exists() else "fp32"
-            hint = RUN_HINTS.get(precision, "f32")
-        return OpenVinoRunner(artifact_dir / f"model{self.suffix}", threads, hint)
+    def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
+        """Compile the IR through the device runtime's adapter, with the precision hint
+        its metadata gives (as on a device)."""
+        require("openvino", self.extra)
+        return AdapterRunner(Path(artifact_dir), threads)
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:
         ov = require("openvino", self.extra)

@@ -4,7 +4,8 @@ Artifacts are exported inside the test from a settled hrnet_w8_pose (128x96) wit
 project's own converters (ONNX fp32, OpenVINO fp32, ONNX int8u8 from the NNCF fixture,
 TFLite fp32), and timed on JPEGs written by the project's synthetic pose generator.
 Checked: no module of the package imports torch or the training packages, even while
-running the CLI; the adapters give the project runners' outputs; a uint8 artifact takes
+running the CLI; a picture fed as a device feeds it gives the host checks' outputs (the
+checks run these adapters too); the exports match PyTorch in tests/test_export_*; a uint8 artifact takes
 bytes; the result document is complete and ordered; bad input is one line and exit 2;
 ORT and OpenVINO profiles hold per-op records. When ``runs/default`` holds a finished
 run, copies of its TFLite INT8 and ExecuTorch artifacts are checked too.
@@ -207,10 +208,13 @@ def test_profiles_hold_per_op_records(torch_free_run):
         assert all(op["calls"] >= 1 and op["mean_ms"] >= 0 for op in prof["ops"])
 
 
-# --- (b), (c): the adapters against the project's runners ------------------------------------
+# --- (b), (c): a picture fed as a device feeds it, against the host checks' path ---------------
+# The host checks (Target.load -> AdapterRunner) run the same adapters; what differs is the
+# way in: the checks convert NCHW float (converters.base.adapter_input) and turn NHWC
+# outputs back, a device converts a picture (inputs.image_to_input). Both must agree.
 
 @pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32", "tflite-fp32", "onnx-int8u8"])
-def test_adapter_matches_project_runner(exported, pictures, name):
+def test_device_input_path_matches_the_host_checks(exported, pictures, name):
     from converters.registry import get_target
 
     folder = _artifact(exported, name)
@@ -387,7 +391,7 @@ def test_litert_quantized_io_helpers():
 
 @pytest.mark.skipif(not EXISTING.is_dir(), reason="no runs/default in this checkout")
 @pytest.mark.parametrize("name", EXISTING_COPIES)
-def test_existing_run_artifacts_match_project_runner(name, tmp_path, pictures):
+def test_existing_run_artifacts_device_path_matches_the_host_checks(name, tmp_path, pictures):
     from converters.registry import get_target
 
     src = EXISTING / name

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.bundle import BundleError, artifact_entries, build_readme, runtime_entries, write_zip
+from converters.bundle import BundleError, artifact_entries, build_readme, check_out, runtime_entries, write_zip
 
 DEFAULT_SAMPLES = 4
 SAMPLES_SCHEMA = "hrnet-edge-samples"  # read by hrnet_edge_runtime.samples
@@ -69,16 +69,11 @@ def sample_images(run, cfg, n: int) -> tuple[np.ndarray, list[int]]:
 
 
 def artifact_input(x: np.ndarray, spec) -> np.ndarray:
-    """One NCHW float image as ``spec`` (an artifact's InputSpec) takes it: uint8 NHWC
-    pixels, float NHWC (TFLite) or float NCHW, as the host checks convert."""
-    from converters.base import to_uint8_nhwc
+    """One NCHW float image as ``spec`` (an artifact's InputSpec) takes it, converted as
+    the host checks convert (:func:`converters.base.adapter_input`)."""
+    from converters.base import adapter_input
 
-    if spec.dtype == "uint8":
-        out = to_uint8_nhwc(x)
-    elif spec.layout == "NHWC":
-        out = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    else:
-        out = np.ascontiguousarray(x, dtype=np.float32)
+    out = adapter_input(x, spec)
     if tuple(out.shape) != tuple(spec.shape):
         raise BundleError(f"the run's validation images give {tuple(out.shape)}, the artifact takes "
                           f"{tuple(spec.shape)}: it was exported at another input size")
@@ -99,19 +94,6 @@ def _png(pixels_hwc: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def jsonable(obj: Any) -> Any:
-    """A decoder's result as JSON types (arrays as nested lists)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
@@ -124,6 +106,7 @@ def sample_entries(run, cfg, artifacts: list, n: int, threads: int = 1) -> tuple
     from hrnet_edge_runtime.adapters import open_adapter
     from hrnet_edge_runtime.decode import decoder_for
     from hrnet_edge_runtime.errors import RuntimeErrorBase, RuntimeUnavailable
+    from hrnet_edge_runtime.result import jsonable
 
     from converters.base import to_uint8_nhwc
 
@@ -182,10 +165,7 @@ def make_bundle(run_root: str | Path, names: list[str], out: str | Path, samples
     out = Path(out)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise BundleError(f"--samples must be at least 1, got {samples!r}")
-    if out.is_dir():
-        raise BundleError(f"--out {out} is a folder; name the zip file")
-    if out.exists() and not force:
-        raise BundleError(f"--out {out} exists; --force replaces it")
+    check_out(out, force)  # before the samples are computed
     run, cfg = open_run(run_root)
     artifacts = resolve_artifacts(run, list(names))
     entries: dict[str, bytes] = {}

@@ -199,8 +199,6 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
     out_dir = factory.run.export_dir(target_name, precision)
     row: dict[str, Any] = {"target": target_name, "precision": precision}
     ok, reason = target.available()
-    if ok:
-        ok, reason = target.supports(factory.cfg.model_config().task, precision)
     if not ok:
         log(f"[export] {target_name}-{precision}: skipped ({reason})")
         return {**row, "status": "skipped", "reason": reason}

@@ -6,7 +6,6 @@ No host name or other identifier is recorded here; a result's ``label`` is the u
 """
 from __future__ import annotations
 
-import importlib.metadata as _md
 import os
 import platform
 import subprocess
@@ -82,13 +81,9 @@ def memory_total_mb() -> float | None:
 
 def runtime_versions() -> dict[str, str]:
     """{distribution: version} of :data:`RUNTIME_DISTRIBUTIONS` that are installed."""
-    versions = {}
-    for dist in RUNTIME_DISTRIBUTIONS:
-        try:
-            versions[dist] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            continue
-    return versions
+    from hrnet_edge_runtime.adapters.base import dist_version
+
+    return {dist: v for dist in RUNTIME_DISTRIBUTIONS if (v := dist_version(dist)) is not None}
 
 
 def host_facts() -> dict[str, Any]:

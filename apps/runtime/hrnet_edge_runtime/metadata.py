@@ -116,6 +116,14 @@ class Artifact:
         return self.meta.get("variant")
 
 
+def read_json_file(path: Path) -> Any:
+    """The parsed JSON of ``path``; ArtifactError naming the file when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not readable JSON ({exc})") from exc
+
+
 def load_artifact(folder: str | Path) -> Artifact:
     """Read and check ``folder/metadata.json``.
 
@@ -130,10 +138,7 @@ def load_artifact(folder: str | Path) -> Artifact:
     path = folder / METADATA_FILE
     if not path.is_file():
         raise ArtifactError(f"{folder}: not an artifact folder (no {METADATA_FILE})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({exc})") from exc
+    meta = read_json_file(path)
     if not isinstance(meta, dict):
         raise ArtifactError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     version = meta.get("schema_version")

@@ -15,14 +15,13 @@ fp16/bf16 <= 3e-2, int8/int8u8 a correlation > 0.99 and max |difference| / range
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hrnet_edge_runtime.errors import ArtifactError, UsageError
-from hrnet_edge_runtime.metadata import Artifact
+from hrnet_edge_runtime.metadata import Artifact, read_json_file
 
 SCHEMA = "hrnet-edge-samples"
 SCHEMA_VERSION = 1
@@ -77,10 +76,7 @@ def load_samples(folder: str | Path, artifact: Artifact) -> tuple[str, list[dict
     path = folder / MANIFEST
     if not path.is_file():
         raise UsageError(f"--samples {folder}: no {MANIFEST} (expected a bundle's samples/ folder)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({exc})") from exc
+    manifest = read_json_file(path)
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA \
             or manifest.get("schema_version") != SCHEMA_VERSION:
         raise UsageError(f"{path}: not a samples manifest (schema {SCHEMA!r}, version {SCHEMA_VERSION})")
