@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hrnet_edge.pipeline import cli as pipeline_cli  # the run-directory stages
 
     pipeline_cli.add_parsers(sub, command)
+    from hrnet_edge import recipes  # the papers' recipes as run-configuration files
+
+    recipes.add_parser(sub, command)
     return p
 
 
@@ -190,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except HRNetEdgeError as exc:
         print(f"hrnet-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system fault (full disk, read-only, permissions): one line
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"hrnet-edge {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hrnet-edge {args.command}: interrupted; completed stages are kept, re-run to resume",

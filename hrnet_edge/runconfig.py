@@ -40,10 +40,30 @@ class TrainConfig:
     warmup_epochs: int = 1
     seed: int = 0
     val_every: int = 1
+    nesterov: bool = False  # SGD only (HRNet's ImageNet recipe)
+    # Distributed training (torchrun): batch_size is per process. With
+    # lr_reference_batch set, lr is for that total batch and scales linearly with the
+    # run's total batch (batch_size x processes), the linear scaling rule of Goyal et
+    # al. 2017; unset, lr is used as given at any number of processes.
+    lr_reference_batch: int | None = None
+    sync_bn: bool = False  # BatchNorm statistics over the whole batch of all processes
 
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "step")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Weights a run starts from (``[model] init = "path"``): published HRNet weights
+    (timm, the official pose and segmentation releases) or an hrnet-edge checkpoint;
+    ``parts`` says which (``backbone``, ``head``); ``source`` the key map (``auto``
+    detects it). ``sha256`` is the file's, recorded when the configuration is read."""
+
+    path: str | None = None
+    parts: tuple[str, ...] = ("backbone", "head")
+    source: str = "auto"
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,10 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     eval: Any = None
+    init: InitConfig = field(default_factory=InitConfig)
+    # values a recipe states that the trainer does not apply (e.g. half-body
+    # augmentation): kept in config.json and printed by train, never read
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,7 +147,7 @@ class RunConfig:
         return get_task(self.model_config().task)
 
 
-SECTIONS = {"qat": QatConfig, "export": ExportConfig, "check": CheckConfig}
+SECTIONS = {"qat": QatConfig, "export": ExportConfig, "check": CheckConfig, "init": InitConfig}
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -134,7 +158,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
 
     if not isinstance(data, dict):
         raise ConfigError(f"a run configuration is a table/object, got {type(data).__name__}")
-    data = dict(data)
+    data = _model_table(dict(data))
     raw_sections = {name: data.pop(name, {}) for name in SECTIONS}
     per_task = {name: data.pop(name, {}) for name in ("data", "eval", "train")}
     top = build_section(RunConfig, data, "top level")
@@ -158,6 +182,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
         train=build_section(TrainConfig, train, "train"))
     cfg.model_config()  # raises ConfigError on a bad override
     _validate_train(cfg.train)
+    cfg = dataclasses.replace(cfg, init=_resolve_init(cfg.init))
     from hrnet_edge.models.blocks import UPSAMPLE_FORMS
     if cfg.export.upsample_form not in UPSAMPLE_FORMS:
         raise ConfigError(f"[export] upsample_form {cfg.export.upsample_form!r} is not known; "
@@ -166,11 +191,56 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _model_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``[model] name = ..., init = "path", init_parts = [...], init_source = ...`` (the
+    model as a table) becomes ``model = name`` and the ``[init]`` section."""
+    table = data.get("model")
+    if not isinstance(table, dict):
+        return data
+    table = dict(table)
+    keys = {"name": "model", "init": "path", "init_parts": "parts", "init_source": "source"}
+    unknown = sorted(set(table) - set(keys))
+    if unknown or "name" not in table:
+        raise ConfigError(f"[model] takes {', '.join(keys)} (name required); got {sorted(table)}")
+    if "init" in data:
+        raise ConfigError("give the initial weights once: [model] init or [init] path, not both")
+    data["model"] = table.pop("name")
+    if table:
+        data["init"] = {keys[k]: v for k, v in table.items()}
+    return data
+
+
+def _resolve_init(init: InitConfig) -> InitConfig:
+    """The init file's absolute path and sha256 (checked against a recorded one)."""
+    if init.path is None:
+        if init.sha256 is not None:
+            raise ConfigError("[init] sha256 without a path")
+        return init
+    from hrnet_edge.io import sha256_file
+    from hrnet_edge.weights import PARTS, SOURCES
+
+    if init.source != "auto" and init.source not in SOURCES:
+        raise ConfigError(f"[init] source {init.source!r} is not known; valid: auto, {', '.join(SOURCES)}")
+    bad = [p for p in init.parts if p not in PARTS]
+    if bad or not init.parts:
+        raise ConfigError(f"[init] parts {list(init.parts)}: valid parts are {', '.join(PARTS)}")
+    path = Path(init.path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"[init] weights file {str(path)!r} does not exist")
+    digest = sha256_file(path)
+    if init.sha256 is not None and init.sha256 != digest:
+        raise ConfigError(f"[init] weights file {path} changed since the run recorded it "
+                          f"(sha256 {digest[:12]} vs recorded {init.sha256[:12]})")
+    return dataclasses.replace(init, path=str(path), sha256=digest)
+
+
 def _validate_train(t: TrainConfig) -> None:
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"[train] optimizer {t.optimizer!r} is not known; valid: {', '.join(OPTIMIZERS)}")
     if t.schedule not in SCHEDULES:
         raise ConfigError(f"[train] schedule {t.schedule!r} is not known; valid: {', '.join(SCHEDULES)}")
+    if t.lr_reference_batch is not None and t.lr_reference_batch < 1:
+        raise ConfigError(f"[train] lr_reference_batch must be >= 1, got {t.lr_reference_batch}")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"[train] label_smoothing must be in [0, 1), got {t.label_smoothing}")
 

@@ -16,6 +16,12 @@ fi
 # torch first and exactly pinned: pip takes the CPU build that lies on this disk.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+# timm, for tests/test_weights.py only (timm's HRNet against hrnet-edge's, random weights):
+# timm declares torchvision, and PyPI's torchvision for this torch is a CUDA build that
+# does not import beside the CPU torch (docs: TOOLCHAIN.md), so timm comes without its
+# dependencies; the others (pyyaml, huggingface_hub, safetensors) are in the stack
+# already, and the test stands in for the few torchvision names timm reads at import.
+.venv/bin/python -m pip install --quiet --no-deps -c constraints.txt "timm==1.0.31"
 # NNCF compiles its C++ fake-quantize kernels on first use (up to 3 minutes on 2 cores,
 # longer than NNCF's own 60 s load timeout): build them once here, into
 # .venv/torch_extensions (hrnet_edge points TORCH_EXTENSIONS_DIR there), so that no

@@ -19,7 +19,10 @@ PROJECT_PREFIXES = ("[train]", "[qat]", "[export]", "[check]", "[pipeline]")
 
 
 def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
-    p.add_argument("--run", help=f"run directory (default: {DEFAULT_RUN}, or runs/<model> with --model)")
+    # --run-dir: the same, for command lines after torchrun's, whose parser takes --run for
+    # an abbreviation of its own --run-path
+    p.add_argument("--run", "--run-dir", dest="run",
+                   help=f"run directory (default: {DEFAULT_RUN}, or runs/<model> with --model)")
     if config:
         p.add_argument("--config", help="run configuration, .json or .toml (default: built-in)")
         p.add_argument("--model", help="variant to train, e.g. hrnet_w8_seg (replaces the config's "
@@ -33,6 +36,9 @@ def add_parsers(sub, command) -> None:
     """Add the run-directory subcommands to ``sub``; ``command`` registers handlers."""
     p = sub.add_parser("train", help="train the run's model in FP32 (resumes if interrupted)")
     _run_args(p, config=True)
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine through torchrun (DistributedDataParallel: "
+                        "one per GPU, or CPU workers with gloo); [train] batch_size is per process")
     p = sub.add_parser("qat", help="NNCF INT8 init + quantization-aware fine-tuning")
     _run_args(p)
     p.add_argument("--force", action="store_true", help="redo QAT even if the run has it")
@@ -79,16 +85,25 @@ def add_parsers(sub, command) -> None:
 
 
 def _init(args, allow_new: bool):
+    """The run directory and its configuration. A new configuration is checked in full
+    (types, ranges, target and precision names) before anything is written; the run
+    directory must be a writable folder; what interrupted writes left is recovered."""
+    from hrnet_edge.pipeline.stages import check_export_plan
     from hrnet_edge.runconfig import load_run_config
-    from hrnet_edge.runs import init_run, open_run
+    from hrnet_edge.runs import check_writable, init_run, open_run, tidy_run
 
     model = getattr(args, "model", None)
     root = Path(args.run or (f"runs/{model}" if model else DEFAULT_RUN))
     if allow_new and (getattr(args, "config", None) or model or not (root / "config.json").is_file()):
         cfg = load_run_config(getattr(args, "config", None), model=model)
+        check_export_plan(cfg)
         run = init_run(root, cfg)
-        return run, cfg
-    return open_run(root)
+    else:
+        run, cfg = open_run(root)
+        check_writable(run.root)
+    for line in tidy_run(run):
+        say(f"[{getattr(args, 'command', 'run')}] {line}")
+    return run, cfg
 
 
 @contextlib.contextmanager
@@ -122,22 +137,68 @@ def _threads(cfg) -> None:
 
 def cmd_train(args) -> int:
     from hrnet_edge.pipeline.stages import stage_train
+    from hrnet_edge.training import distributed
 
+    if getattr(args, "nproc", 1) > 1 and not distributed.launched():
+        return _train_torchrun(args)
+    world = distributed.context()  # under torchrun: join the other processes
+    if not world.is_main:  # process 0 sets the run directory up; the others only read it
+        from hrnet_edge.runs import open_run
+
+        world.barrier()
+        run, cfg = open_run(args.run or (f"runs/{args.model}" if args.model else DEFAULT_RUN))
+        stage_train(run, cfg, progress=False)
+        world.close()
+        return 0
     run, cfg = _init(args, allow_new=True)
+    world.barrier()
     with _run_log(args, run, "train"):
-        _threads(cfg)
+        if not world.active:  # torchrun sets each process's threads (OMP_NUM_THREADS)
+            _threads(cfg)
         state = stage_train(run, cfg, progress=not args.no_progress)
         say(f"[train] best {cfg.task.metric_label} {state['best']:.4f}; checkpoints in {run.checkpoints}")
+    world.close()
+    return 0
+
+
+def _train_torchrun(args) -> int:
+    """``hrnet-edge train --nproc N``: set the run up here (a bad configuration is one
+    line, as without --nproc), then train in N processes through torchrun."""
+    import subprocess
+    import sys
+
+    from hrnet_edge.errors import HRNetEdgeError
+
+    if args.nproc < 1:
+        raise HRNetEdgeError(f"--nproc must be >= 1, got {args.nproc}")
+    run, _cfg = _init(args, allow_new=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "hrnet_edge.cli", "train", "--run-dir", str(run.root)]
+    cmd += [flag for flag, on in (("--no-progress", args.no_progress), ("--verbose", args.verbose)) if on]
+    say(f"[train] {args.nproc} processes: {' '.join(cmd[2:])}")
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise HRNetEdgeError(
+            f"distributed training stopped: torchrun exited with status {rc} (a process failed or was "
+            f"killed; its error is above). {run.root} keeps every completed epoch: run the same command "
+            "again to resume")
     return 0
 
 
 def cmd_qat(args) -> int:
     from hrnet_edge.pipeline.stages import stage_qat
 
+    from hrnet_edge.pipeline.stages import qat_stale_reason
+    from hrnet_edge.runs import require_trained
+
     run, cfg = _init(args, allow_new=False)
-    if (run.qat_dir / "metrics.json").is_file() and not args.force:
+    require_trained(run, cfg)
+    stale = qat_stale_reason(run)
+    if stale is None and not args.force:
         say(f"[qat] {run.qat_dir} exists; --force to redo")
         return 0
+    if stale and (run.qat_dir / "metrics.json").is_file():
+        say(f"[qat] redoing QAT: {stale}")
     with _run_log(args, run, "qat"):
         _threads(cfg)
         stage_qat(run, cfg, progress=not args.no_progress)
@@ -158,6 +219,9 @@ def cmd_export(args) -> int:
             if p not in PRECISIONS:
                 raise unknown_choice("precision", p, PRECISIONS)
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, precisions=tuple(args.precisions)))
+    from hrnet_edge.pipeline.stages import check_export_plan
+
+    check_export_plan(cfg)
     with _run_log(args, run, "export") as result:
         _threads(cfg)
         rows = stage_export(run, cfg, force=args.force)

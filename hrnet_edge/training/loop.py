@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from hrnet_edge.faults import kill_point
 from hrnet_edge.io import write_text
 from hrnet_edge.models import create_model
 from hrnet_edge.runconfig import RunConfig
@@ -42,7 +43,8 @@ def make_optimizer(model, cfg: RunConfig):
     """AdamW or SGD with momentum, as ``[train]`` says."""
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                               nesterov=t.nesterov)
     return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
@@ -53,7 +55,10 @@ def evaluate_model(model, val_ds, cfg: RunConfig, batch_size: int = 32, progress
     return cfg.task.evaluate(torch_infer(model), val_ds, cfg, batch_size=batch_size, progress=progress).metrics
 
 
-def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int) -> DataLoader:
+def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int, world=None) -> DataLoader:
+    if world is not None and world.active and shuffle:  # torchrun: this process's slice
+        return DataLoader(ds, batch_size=cfg.train.batch_size, sampler=world.sampler(ds, cfg.train.seed, epoch),
+                          drop_last=True, num_workers=cfg.data.workers, worker_init_fn=_seed_worker)
     g = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
     return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=shuffle, drop_last=shuffle,
                       num_workers=cfg.data.workers, generator=g,
@@ -70,44 +75,75 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
 
     Returns the final state (epoch, best metric, history).
     """
-    task = cfg.task
+    from hrnet_edge.training.distributed import context
+
+    task, world = cfg.task, context()  # one process, or this one of torchrun's
+    if not world.is_main:  # only process 0 writes and logs
+        log, progress = (lambda *_a, **_k: None), False
+    if cfg.recorded:
+        log(f"[train] recorded only, not applied: {', '.join(f'{k}={v}' for k, v in cfg.recorded.items())}")
     torch.manual_seed(cfg.train.seed)
+    if not world.is_main:
+        world.barrier()  # process 0 writes the built-in data first
     train_ds, val_ds = task.datasets(run, cfg, generate=True)
+    if world.is_main:
+        world.barrier()
+    from hrnet_edge.data.preflight import preflight
+
+    log(f"[train] {preflight((('training', train_ds), ('validation', val_ds)))}")  # before any step
     model = create_model(cfg.model, **cfg.model_overrides)
+    if cfg.init.path is not None and not (run.checkpoints / "last.safetensors").is_file():
+        from hrnet_edge.weights import load_weights
+
+        report = load_weights(model, cfg.init.path, cfg.init.parts, cfg.init.source, sha256=cfg.init.sha256)
+        log(f"[train] initialised {report.summary()}")
+        for note in report.notes:
+            log(f"[train] note: {note}")
     opt = make_optimizer(model, cfg)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0}
     last = run.checkpoints / "last.safetensors"
-    if last.is_file() and last.with_suffix(".json").is_file():
+    if last.is_file():  # weights and state are one file (see training/checkpoint.py)
         state = load_model_weights(model, last)
         load_optimizer_state(opt, last, state)
         state = {k: state[k] for k in ("epoch", "best", "history", "step")}
         log(f"[train] resuming from epoch {state['epoch']} (best {task.metric} {state['best']:.4f})")
-    steps_per_epoch = len(train_ds) // cfg.train.batch_size
+    net = world.wrap(model, cfg.train.sync_bn)  # DDP under torchrun; `model` keeps the weights
+    steps_per_epoch = len(train_ds) // (cfg.train.batch_size * world.size)
     if steps_per_epoch == 0:
         from hrnet_edge.errors import ConfigError
 
-        raise ConfigError(f"batch_size {cfg.train.batch_size} exceeds the {len(train_ds)} training items")
+        raise ConfigError(f"batch_size {cfg.train.batch_size} x {world.size} process(es) exceeds the "
+                          f"{len(train_ds)} training items")
     sched = {"total": steps_per_epoch * cfg.train.epochs, "warmup": steps_per_epoch * cfg.train.warmup_epochs,
-             "steps_per_epoch": steps_per_epoch}
+             "steps_per_epoch": steps_per_epoch,
+             "lr": cfg.train.lr * world.lr_scale(cfg.train.batch_size, cfg.train.lr_reference_batch)}
     for epoch in range(state["epoch"], cfg.train.epochs):
         t0 = time.time()
         if hasattr(train_ds, "set_epoch"):  # augmentation drawn per epoch, reproducibly
             train_ds.set_epoch(epoch)
-        loss = _train_epoch(model, opt, _loader(train_ds, cfg, True, epoch), state, sched,
+        loss = _train_epoch(net, opt, _loader(train_ds, cfg, True, epoch, world), state, sched,
                             cfg, progress, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+        loss = world.mean(loss)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss}
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-            row.update(evaluate_model(model, val_ds, cfg, batch_size=64))
+            row.update(world.from_main(lambda: evaluate_model(model, val_ds, cfg, batch_size=64)))
         row["seconds"] = round(time.time() - t0, 1)
         state["epoch"] = epoch + 1
         state["history"].append(row)
         is_best = row.get(task.metric, -1.0) > state["best"]
+        kill_point("train:after-epoch")
         if is_best:
             state["best"] = row[task.metric]
             best_state = {k: v for k, v in state.items() if k in ("epoch", "best", "step")}
-            save_checkpoint(run.checkpoints / "best.safetensors", model, {**best_state, "metrics": row})
-        save_checkpoint(last, model, state, opt)  # written after best: resume never loses best
-        write_metrics_csv(run.metrics_csv, state["history"])
+            if world.is_main:
+                save_checkpoint(run.checkpoints / "best.safetensors", model, {**best_state, "metrics": row})
+        kill_point("train:between-best-and-last")
+        # written after best: resume never loses best; a resume from the previous last
+        # repeats this epoch exactly and writes the same best again
+        if world.is_main:
+            save_checkpoint(last, model, state, opt)
+            write_metrics_csv(run.metrics_csv, state["history"])
+        world.barrier()
         log(_fmt_row(row, task.shown_metrics) + ("  *best*" if is_best else ""))
     return state
 
@@ -123,7 +159,7 @@ def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc) -> float
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, file=bar_stream())
     for batch in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(state["step"], sched["total"], sched["warmup"], t.lr, t.schedule,
+            g["lr"] = lr_at(state["step"], sched["total"], sched["warmup"], sched.get("lr", t.lr), t.schedule,
                             t.poly_power, t.milestones, sched["steps_per_epoch"])
         loss = task.loss(model(task.inputs(batch)), batch, cfg)
         opt.zero_grad(set_to_none=True)
