@@ -56,6 +56,32 @@ def artifact_hash(art_dir: Path) -> str:
     return "".join(sha256_file(p) for p in artifact_files(art_dir))
 
 
+def integrity_problem(art_dir: Path) -> str | None:
+    """Why the files of an export folder are not the ones its ``metadata.json`` records
+    (missing, truncated, modified), or None when every sha256 matches."""
+    from hrnet_edge.errors import CorruptFileError
+
+    art_dir = Path(art_dir)
+    meta_path = art_dir / "metadata.json"
+    if not meta_path.is_file():
+        return "metadata.json is missing"
+    try:
+        record = read_json(meta_path).get("artifact") or {}
+    except (CorruptFileError, AttributeError):
+        return "metadata.json is damaged"
+    entries = [record] + list(record.get("companions", [])) if record.get("file") else []
+    if not entries:
+        return "metadata.json records no artifact sha256"
+    for entry in entries:
+        path = art_dir / entry["file"]
+        if not path.exists():
+            return f"{entry['file']} is missing"
+        if sha256_file(path) != entry.get("sha256"):
+            return (f"{entry['file']} does not match the sha256 in metadata.json "
+                    "(truncated or modified after export)")
+    return None
+
+
 def save_inspection(target, art_dir: Path) -> None:
     """Record ``target.inspect`` beside a fresh artifact, keyed by the artifact's hash.
 

@@ -24,7 +24,6 @@ import platform
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from converters.base import Artifact, ExportJob, Runner, Target
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
+from converters.metadata import TIMINGS_FILE
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
 
 MODEL_FILE = "model.mlpackage"
@@ -82,7 +82,6 @@ class CoreMLTarget(Target):
             t0 = time.perf_counter()
             mlmodel, names = _convert(model, job.precision, kind, job.metadata)
             meta = _metadata(job, source, kind, names, mlmodel)
-            meta["export_seconds"] = round(time.perf_counter() - t0, 2)
             _describe(mlmodel, meta, names)
             with atomic_path(job.out_dir) as stage:
                 stage.mkdir(parents=True)
@@ -91,6 +90,8 @@ class CoreMLTarget(Target):
                 meta["artifact"] = {"file": MODEL_FILE, "size_bytes": size_bytes(package),
                                     "sha256": sha256_file(package)}
                 write_json(stage / "metadata.json", meta)
+                # times vary per run: beside the artifact, not in its metadata
+                write_json(stage / TIMINGS_FILE, {"export_seconds": round(time.perf_counter() - t0, 2)})
         except HRNetEdgeError:
             raise
         except Exception as exc:  # any converter failure becomes one typed error
@@ -259,7 +260,8 @@ def _metadata(job: ExportJob, source: str, kind: str, names: dict[str, str],
         notes.append("INT8 is weight-only (constexpr_affine_dequantize); activations run in FP16")
     meta["notes"] = notes
     meta["tool_versions"] = _tool_versions()
-    meta["exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # no export time inside the artifact: the same inputs give the same bytes (the
+    # export's time is in exports/index.json)
     return meta
 
 

@@ -366,7 +366,7 @@ def load_device_rows(run) -> list[dict]:
     for p in sorted(devices_dir(run).glob("*.json")):
         try:
             row = read_json(p)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, CorruptFileError
             from hrnet_edge.console import say
 
             say(f"[report] skipped {p}: not JSON ({exc})")

@@ -21,7 +21,6 @@ import operator
 import platform
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner,
                              delegation_notes, quantized_as, to_uint8_nhwc, uint8_input_spec)
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, HRNetEdgeError, unknown_choice
+from converters.metadata import TIMINGS_FILE
 from hrnet_edge.io import atomic_path, read_json, sha256_file, size_bytes, write_json
 
 MODEL_FILE = "model.pte"
@@ -70,7 +70,6 @@ class ExecuTorchTarget(Target):
         try:
             program, timings = _build_program(model, job, meta)
             meta["delegation"] = program["delegation"]
-            meta["export_seconds"] = timings
             meta["notes"].extend(_fallback_notes(program["delegation"]))
             with atomic_path(job.out_dir) as stage:
                 stage.mkdir(parents=True)
@@ -79,6 +78,8 @@ class ExecuTorchTarget(Target):
                 meta["artifact"] = {"file": MODEL_FILE, "size_bytes": size_bytes(model_path),
                                     "sha256": sha256_file(model_path)}
                 write_json(stage / "metadata.json", meta)
+                # times vary per run: beside the artifact, not in its metadata (same inputs, same bytes)
+                write_json(stage / TIMINGS_FILE, {"export_seconds": timings})
         except HRNetEdgeError:
             raise
         except Exception as exc:  # any backend failure becomes one typed error
@@ -423,7 +424,8 @@ def _start_metadata(job: ExportJob, source: str) -> dict[str, Any]:
                      + "; NNCF's own quantizers cannot pass torch.export")
     meta["notes"] = notes
     meta["tool_versions"] = _tool_versions()
-    meta["exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # no export time inside the artifact: the same inputs give the same bytes (the
+    # export's time is in exports/index.json)
     return meta
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as _dt
 import importlib.metadata as _md
 import json
 import platform
@@ -135,7 +134,7 @@ def _pose_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "flip_test_in_checks": task_info.get("flip_test", True),
     }
     decoding.update(task_info.get("decoding", {}))
-    return {
+    out = {
         "kind": "keypoint_heatmaps",
         "stride": 4,
         "num_keypoints": k,
@@ -144,6 +143,18 @@ def _pose_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
         "flip_pairs": task_info.get("flip_pairs", []),
         "decoding": decoding,
     }
+    if "crop_padding" in task_info:  # the pose task gives it (the crop its data loader makes)
+        out["person_crop"] = {
+            "padding": task_info["crop_padding"],
+            "steps": [
+                "person box (x, y, w, h) in image pixels (a detector's, or the whole picture)",
+                "grow its short side to the input's aspect W / H around the box centre, then "
+                "both sides by padding: the crop box (centre c, size s)",
+                "input pixel = A @ [x, y, 1] with A the crop affine of the decoding steps "
+                "(k = W / s_w, no rotation); sample bilinearly, zero outside the image",
+            ],
+        }
+    return out
 
 
 def _seg_semantics(cfg, task_info: dict[str, Any]) -> dict[str, Any]:
@@ -273,8 +284,14 @@ def finish_metadata(base: dict[str, Any], target: str, precision: str, *,
     meta.update(to_jsonable(extra or {}))
     meta["notes"] = [*meta.get("notes", []), *notes]
     meta["tool_versions"] = tool_versions()
-    meta["exported_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # No export time inside the artifact (it was embedded in every model file): the same
+    # inputs give the same bytes; the pipeline keeps the time in exports/index.json.
     return meta
+
+
+# Per-run facts (export seconds) live in this file beside an artifact, never in its
+# metadata.json or model file, so one input always gives the same artifact bytes.
+TIMINGS_FILE = "timings.json"
 
 
 def embedded_json(meta: dict[str, Any]) -> str:

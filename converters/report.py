@@ -79,6 +79,11 @@ def _photos(nat: dict[str, Any]) -> str:
     return text
 
 
+def _cell(value: Any) -> str:
+    """One table cell: a multi-line error or a '|' inside a value must not break the row."""
+    return " ".join(str(value).split()).replace("|", "/")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one row per target x precision."""
     lines = [f"# hrnet-edge report: {report['model']}", ""]
@@ -105,9 +110,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r, reason in zip(report["rows"], reasons):
         par, lat, met = r.get("parity", {}), r.get("latency", {}), r.get("metric", {})
         size = r.get("size_bytes")
-        note = f"note {shared.index(reason) + 1}" if reason in shared else reason.replace("|", "/")
-        lines.append("| " + " | ".join([
-            r["target"], r["precision"], STATUS_TEXT.get(r.get("status"), str(r.get("status"))),
+        note = f"note {shared.index(reason) + 1}" if reason in shared else reason
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            r.get("target", "?"), r.get("precision", "?"), STATUS_TEXT.get(r.get("status"), str(r.get("status"))),
             _f(size / 1024 if size else None, ".0f"), r.get("reference", "-"),
             _f(par.get("rel_max_abs"), ".2e"), _f(par.get("psnr_db"), ".1f"), _f(par.get("cosine"), ".5f"),
             _f(par.get("agreement"), ".3f"), _photos(r.get("parity_natural", {})),
@@ -150,8 +155,8 @@ def render_device_rows(device_rows: list[dict[str, Any]]) -> list[str]:
             host_p50 = "other artifact"
         else:
             host_p50 = _f(host.get("p50_ms"), ".2f")
-        lines.append("| " + " | ".join([
-            str(d.get("label", "-")).replace("|", "/"), d.get("target", "-"), precision, d.get("source", "-"),
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            d.get("label", "-"), d.get("target", "-"), precision, d.get("source", "-"),
             _f(lat.get("p50_ms"), ".2f"), _f(lat.get("mean_ms"), ".2f"), _f(d.get("load_ms"), ".1f"), memory,
             _runtime_text(d.get("runtime") or {}), host_p50,
         ]) + " |")

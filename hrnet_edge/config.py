@@ -9,7 +9,7 @@ listing the valid keys. This module imports no torch.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hrnet_edge.errors import ConfigError, unknown_choice
@@ -49,6 +49,9 @@ class BackboneConfig:
         return tuple(self.width * 2**i for i in range(4))  # type: ignore[return-value]
 
     def validate(self) -> None:
+        from hrnet_edge.fields import check_fields
+
+        check_fields(self, "model")  # types first: a string width must not reach a comparison
         if self.width < 1 or self.stem_channels < 1 or self.stage1_planes < 1:
             raise ConfigError("width, stem_channels and stage1_planes must be >= 1")
         if self.stage1_blocks < 1:
@@ -112,6 +115,9 @@ class ModelConfig:
     published_gflops: float | None = None
 
     def validate(self) -> None:
+        from hrnet_edge.fields import check_fields
+
+        check_fields(self, "model")
         self.backbone.validate()
         if self.task not in TASKS:
             raise unknown_choice("task", self.task, TASKS)

@@ -42,6 +42,10 @@ class RunDirError(HRNetEdgeError, ValueError):
     """A run directory lacks what a stage needs (e.g. export before training)."""
 
 
+class CorruptFileError(RunDirError):
+    """A file in a run directory is truncated, not valid JSON, or not what its record says."""
+
+
 class ExportError(HRNetEdgeError, RuntimeError):
     """A converter failed to produce a valid artifact."""
 

@@ -15,25 +15,58 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+PARTIAL_PREFIX = ".partial."
+REPLACED = ".replaced"  # inside a staging folder: the folder it is replacing, moved aside
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
-    Works for files and for folders (e.g. a Core ML ``.mlpackage``). On error the
-    temporary is removed and ``path`` is left as it was.
+    Works for files and for folders (e.g. a Core ML ``.mlpackage`` or a whole export
+    folder). A folder being replaced is first moved into the staging folder, then the
+    new one is renamed into place: a kill between the two renames leaves the old folder
+    inside ``.partial.<name>.*``, where :func:`recover_partials` puts it back. On error
+    the temporary is removed and ``path`` is left as it was.
     """
+    from hrnet_edge.faults import kill_point
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", dir=path.parent))
+    tmp = staging / path.name
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp}")
+        kill_point(f"write:{path.name}")
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            os.replace(path, staging / REPLACED)
+            kill_point(f"swap:{path.name}")
         os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_partials(folder: str | os.PathLike) -> list[str]:
+    """Finish what an interrupted :func:`atomic_path` left in ``folder``: a folder moved
+    aside and not replaced goes back in place; staging folders are removed. Returns
+    one line per thing done."""
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for staging in sorted(folder.glob(f"{PARTIAL_PREFIX}*")):
+        if not staging.is_dir():
+            continue
+        name = staging.name[len(PARTIAL_PREFIX):].rsplit(".", 1)[0]
+        old, target = staging / REPLACED, folder / name
+        if old.is_dir() and not target.exists():
+            os.replace(old, target)
+            done.append(f"restored {target} (its replacement was interrupted)")
+        shutil.rmtree(staging, ignore_errors=True)
+        done.append(f"removed the unfinished {staging.name}")
+    return done
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -51,8 +84,19 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; a truncated or binary file is a CorruptFileError naming it."""
+    from hrnet_edge.errors import CorruptFileError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is damaged (not valid JSON: {_first_line(exc)}); "
+                               "restore it, or delete it and re-run the stage that writes it") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -10,33 +10,8 @@ import json
 import pytest
 
 from hrnet_edge.cli import main
+from conftest import TINY_POSE as TINY
 from hrnet_edge.io import read_json
-
-# Small, but trained enough that heatmaps have peaks (OKS AP ~0.19 after 5 epochs of
-# 400 images): on an untrained net the peaks are flat and keypoint agreement between
-# float and INT8 is not something INT8 can promise, so the rows would not mean much.
-TINY = """
-model = "hrnet_w8_pose"
-[model_overrides]
-input_size = [128, 96]
-[data]
-synthetic_train_images = 400
-synthetic_val_images = 24
-synthetic_image_size = [192, 192]
-workers = 0
-[train]
-epochs = 5
-batch_size = 16
-[qat]
-calibration_images = 16
-epochs = 1
-batch_size = 16
-[export]
-calibration_images = 8
-[check]
-warmup = 2
-iterations = 5
-"""
 
 ALL_ROWS = {("pytorch", "fp32"), ("pytorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
             ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8"),
@@ -46,13 +21,8 @@ ALL_ROWS = {("pytorch", "fp32"), ("pytorch", "int8"), ("onnx", "fp32"), ("onnx",
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    cfg = root / "tiny.toml"
-    cfg.write_text(TINY)
-    run = root / "run"
-    rc = main(["pipeline", "--config", str(cfg), "--run", str(run), "--no-progress"])
-    return run, rc
+def pipeline_run(pose_pipeline_run):
+    return pose_pipeline_run
 
 
 @pytest.mark.slow
@@ -143,8 +113,10 @@ def test_check_redoes_a_row_whose_artifact_changed(pipeline_run, capsys):
         model.write_bytes(original[: len(original) // 2])
         main(["check", "--run", str(run)])
         out = capsys.readouterr().out
-        assert "onnx-fp32: the artifact changed since its check" in out
-        assert read_json(row_path)["status"] in ("error", "failed")
+        # the artifact is compared with the sha256 in its metadata.json first: a failed
+        # row at once, without running it
+        assert "onnx-fp32: failed (artifact integrity: model.onnx does not match the sha256" in out
+        assert read_json(row_path)["status"] == "failed"
         # untouched artifacts keep their rows
         assert "openvino-fp32: the artifact changed" not in out
     finally:

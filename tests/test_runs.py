@@ -58,8 +58,13 @@ def test_run_dir_refuses_a_different_config(tmp_path):
     run = init_run(tmp_path / "r", cfg)
     assert open_run(run.root)[1] == cfg
     other = run_config_from_dict({"train": {"epochs": 1}})
+    # before any stage has written a result, a corrected configuration replaces the old
+    # (a run that failed on its configuration must not keep it)
+    assert open_run(init_run(run.root, other).root)[1] == other
+    (run.checkpoints).mkdir()
+    (run.checkpoints / "last.safetensors").write_bytes(b"x")
     with pytest.raises(RunDirError, match="different configuration"):
-        init_run(run.root, other)
+        init_run(run.root, cfg)
     with pytest.raises(RunDirError, match="train"):
         run.best_checkpoint()
 
@@ -92,9 +97,20 @@ def test_checkpoint_errors(tmp_path):
     path = save_checkpoint(tmp_path / "w16.safetensors", create_model("hrnet_w16_pose"), {})
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model_weights(model, path)
+    # the state is inside the checkpoint: its JSON copy is not needed to read it
+    path = save_checkpoint(tmp_path / "w8.safetensors", model, {"epoch": 2})
     path.with_suffix(".json").unlink()
+    assert read_state(path)["epoch"] == 2
+    # a checkpoint without an embedded state needs its JSON, and the JSON must be its own
+    from safetensors.torch import save_file
+
+    legacy = tmp_path / "legacy.safetensors"
+    save_file({"w": torch.zeros(2)}, str(legacy))
     with pytest.raises(CheckpointError, match="incomplete"):
-        read_state(path)
+        read_state(legacy)
+    legacy.with_suffix(".json").write_text(json.dumps({"epoch": 1, "sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match="do not belong together"):
+        read_state(legacy)
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):

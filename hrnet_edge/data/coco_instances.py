@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from hrnet_edge.data.coco_keypoints import check_annotation_keys, load_coco_json, quiet_coco
+from hrnet_edge.data.coco_keypoints import check_annotation_keys, check_file_name, load_coco_json, quiet_coco
 from hrnet_edge.data.seg_io import decode_image
 from hrnet_edge.errors import ConfigError, DataError
 
@@ -55,18 +55,6 @@ def _read_categories(data: dict, path: Path) -> tuple[list[int], list[str]]:
     return ids, [names[i] for i in ids]
 
 
-def _check_file_name(name: Any, image_id: Any, path: Path) -> None:
-    """Refuse names that are absolute or climb out of the image folder."""
-    if not isinstance(name, str) or not name:
-        raise DataError(f"{path}: image {image_id} has file_name {name!r}; valid: a non-empty "
-                        f"path relative to the image folder")
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in posix.parts:
-        raise DataError(f"{path}: image {image_id} has file_name {name!r}, which is absolute or "
-                        f"leaves the image folder ('..'); valid: a path relative to the image "
-                        f"folder, e.g. '000000000139.jpg'")
-
-
 def _read_images(data: dict, path: Path) -> dict[int, dict]:
     """Image entries by id, in file order, with ids, names and sizes checked."""
     images: dict[int, dict] = {}
@@ -76,7 +64,7 @@ def _read_images(data: dict, path: Path) -> dict[int, dict]:
             raise DataError(f"{path}: image id {iid!r} is not an integer")
         if iid in images:
             raise DataError(f"{path}: image id {iid} appears twice; ids must be unique")
-        _check_file_name(im["file_name"], iid, path)
+        check_file_name(im["file_name"], iid, path)
         for key in ("width", "height"):
             if key in im and not (_is_int(im[key]) and im[key] > 0):
                 raise DataError(f"{path}: image {iid} has {key} {im[key]!r}; valid: a positive "

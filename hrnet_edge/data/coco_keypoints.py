@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
 
 import cv2
@@ -20,11 +22,11 @@ import numpy as np
 
 from hrnet_edge.data.heatmaps import (compose_affine, affine_points, gaussian_targets,
                                       get_affine_transform, hflip_affine, warp_crop)
-from hrnet_edge.data.keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS, PERSON_CATEGORY_ID,
+from hrnet_edge.data.keypoints import (CROP_PADDING, FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS, PERSON_CATEGORY_ID,
                                        flip_permutation)
 from hrnet_edge.errors import DataError
 
-PADDING = 1.25
+PADDING = CROP_PADDING
 _ANN_KEYS = ("id", "image_id", "keypoints", "bbox")
 
 
@@ -75,14 +77,52 @@ def check_annotation_keys(ann: Any, path: Path, keys: tuple[str, ...]) -> None:
                         f"(required: {list(keys)})")
 
 
+def _finite_numbers(values: Any) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
 def _validate_annotation(ann: Any, path: Path, num_joints: int) -> None:
     check_annotation_keys(ann, path, _ANN_KEYS)
-    if len(ann["keypoints"]) != 3 * num_joints:
-        raise DataError(f"{path}: annotation {ann['id']} has {len(ann['keypoints'])} keypoint "
+    kps, box = ann["keypoints"], ann["bbox"]
+    if not _finite_numbers(kps):
+        raise DataError(f"{path}: annotation {ann['id']} has keypoints {str(kps)[:80]}; valid: a list "
+                        f"of finite numbers [x1, y1, v1, x2, ...] (no NaN, text or null)")
+    if len(kps) != 3 * num_joints:
+        raise DataError(f"{path}: annotation {ann['id']} has {len(kps)} keypoint "
                         f"values, expected {3 * num_joints} ([x, y, v] for {num_joints} keypoints)")
-    if len(ann["bbox"]) != 4:
-        raise DataError(f"{path}: annotation {ann['id']} bbox must be [x, y, w, h], "
-                        f"got {ann['bbox']}")
+    if any(v not in (0, 1, 2) for v in kps[2::3]):
+        raise DataError(f"{path}: annotation {ann['id']} has keypoint visibilities {list(kps[2::3])}; "
+                        f"valid: 0 (not labelled), 1 (labelled, hidden) or 2 (visible)")
+    if not _finite_numbers(box) or len(box) != 4:
+        raise DataError(f"{path}: annotation {ann['id']} bbox must be [x, y, w, h], 4 finite "
+                        f"numbers, got {str(box)[:80]}")
+
+
+def check_file_name(name: Any, image_id: Any, path: Path) -> None:
+    """DataError unless ``name`` is a non-empty path relative to the image folder that
+    stays inside it (no absolute path, no '..')."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{path}: image {image_id} has file_name {name!r}; valid: a non-empty "
+                        f"path relative to the image folder")
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in posix.parts:
+        raise DataError(f"{path}: image {image_id} has file_name {name!r}, which is absolute or "
+                        f"leaves the image folder ('..'); valid: a path relative to the image "
+                        f"folder, e.g. '000000000139.jpg'")
+
+
+def verify_image(path: Path) -> None:
+    """DataError unless ``path`` decodes completely (a truncated JPEG fails here; OpenCV
+    would fill the missing rows with grey and say nothing)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for bad files
+        raise DataError(f"image {path} cannot be decoded ({exc}); it is truncated, corrupt or "
+                        "not an image: replace or remove it") from None
 
 
 def box_to_center_scale(bbox: Sequence[float], aspect: float,
@@ -147,6 +187,9 @@ class CocoKeypoints:
         self.flip_perm = flip_permutation(self.num_joints, pairs)
         self.sigmas = OKS_SIGMAS if self.num_joints == 17 else np.full(self.num_joints, 0.05)
         self.images = {im["id"]: im for im in self.data["images"]}
+        for iid, im in self.images.items():
+            check_file_name(im["file_name"], iid, self.ann_file)
+        self.dropped: Counter = Counter()  # annotations left out, by reason
         self.instances = self._read_instances()
         self._coco = None
 
@@ -162,16 +205,22 @@ class CocoKeypoints:
             _validate_annotation(ann, self.ann_file, self.num_joints)
             is_person = ann.get("category_id", PERSON_CATEGORY_ID) == PERSON_CATEGORY_ID
             if not is_person or ann.get("iscrowd", 0):
+                self.dropped["not a person" if not is_person else "crowd region"] += 1
                 continue
             kps = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
-            if int(ann.get("num_keypoints", (kps[:, 2] > 0).sum())) == 0:
+            if int(ann.get("num_keypoints", (kps[:, 2] > 0).sum())) == 0 or not (kps[:, 2] > 0).any():
+                self.dropped["no labelled keypoint"] += 1
                 continue
             image = self.images.get(ann["image_id"])
             if image is None:
                 raise DataError(f"{self.ann_file}: annotation {ann['id']} refers to image "
                                 f"{ann['image_id']}, which is not in 'images'")
+            if not self._keypoints_inside(kps, image):
+                self.dropped["every labelled keypoint outside its image"] += 1
+                continue
             box = self._clip_box(ann["bbox"], image)
             if box is None:
+                self.dropped["empty box or box outside its image"] += 1
                 continue
             center, scale = box_to_center_scale(box, self.aspect)
             instances.append({"image_id": ann["image_id"], "ann_id": ann["id"],
@@ -185,6 +234,20 @@ class CocoKeypoints:
             raise DataError(f"{len(missing)} image file(s) referenced by {self.ann_file} are "
                             f"missing from {self.image_dir}, e.g. {missing[:3]}")
         return instances
+
+    @staticmethod
+    def _keypoints_inside(kps: np.ndarray, image: dict) -> bool:
+        """Whether a labelled keypoint lies inside the image (True when its size is unknown)."""
+        width, height = image.get("width"), image.get("height")
+        if not (isinstance(width, (int, float)) and isinstance(height, (int, float))):
+            return True
+        lab = kps[kps[:, 2] > 0]
+        inside = (lab[:, 0] >= 0) & (lab[:, 0] < width) & (lab[:, 1] >= 0) & (lab[:, 1] < height)
+        return bool(inside.any())
+
+    def image_paths(self) -> list[Path]:
+        """The image files this dataset reads, each once, in name order."""
+        return sorted({self.image_dir / self.images[i["image_id"]]["file_name"] for i in self.instances})
 
     @staticmethod
     def _clip_box(bbox, image) -> list[float] | None:
@@ -275,6 +338,13 @@ class CocoKeypoints:
         """Per-instance eval metadata: image_id, center, scale, bbox, area, joints, vis."""
         keys = ("image_id", "center", "scale", "bbox", "area", "joints", "vis")
         return {k: np.asarray([inst[k] for inst in self.instances]) for k in keys}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's augmentation from its own seed (in the loading process), so a
+        run resumed at ``epoch`` augments exactly as an uninterrupted one. Epoch 0 keeps
+        the constructor's stream; DataLoader workers reseed from torch's per-epoch seed."""
+        self._rng = np.random.default_rng(self._seed if epoch == 0 else [self._seed, epoch])
+        self._rng_key = None
 
     def _aug_rng(self) -> np.random.Generator:
         """The augmentation generator; each DataLoader worker reseeds from torch's seed.

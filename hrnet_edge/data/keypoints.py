@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# A person box grows by this factor around its centre before cropping (HRNet's 1.25);
+# exported pose metadata states it (output.person_crop.padding).
+CROP_PADDING = 1.25
+
 KEYPOINT_NAMES: tuple[str, ...] = (
     "nose",
     "left_eye",

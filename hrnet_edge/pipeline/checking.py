@@ -31,8 +31,11 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
     row: dict[str, Any] = {"target": target, "precision": precision, "task": task.name,
                            "metric_name": task.metric}
     if target == "pytorch":
+        from hrnet_edge.pipeline.stages import reference_source_sha256
+
         runner, source = references.pytorch_runner(ctx, precision), "itself"
-        row.update(artifact=None, size_bytes=ctx.checkpoint_size(precision))
+        row.update(artifact=None, size_bytes=ctx.checkpoint_size(precision),
+                   source_sha256=reference_source_sha256(run, precision))
         rss_before = rss_mb()
     else:
         from converters.registry import get_target

@@ -44,9 +44,25 @@ class JobFactory:
         return torch.from_numpy(self.calibration[:1].copy())
 
     @cached_property
+    def checkpoint_sha256(self) -> str:
+        from hrnet_edge.pipeline.stages import checkpoint_sha256
+
+        return checkpoint_sha256(self.run)
+
+    @cached_property
+    def qat_sha256(self) -> str:
+        from hrnet_edge.pipeline.stages import qat_files_sha256
+
+        return qat_files_sha256(self.run)
+
+    @cached_property
     def qat_model(self):
-        if not (self.run.qat_dir / "metrics.json").is_file():
-            raise RunDirError(f"no QAT model in {self.run.qat_dir}: run 'hrnet-edge qat --run {self.run.root}'")
+        from hrnet_edge.pipeline.stages import qat_stale_reason
+
+        stale = qat_stale_reason(self.run)
+        if stale:
+            raise RunDirError(f"no usable QAT model in {self.run.qat_dir} ({stale}): run "
+                              f"'hrnet-edge qat --run {self.run.root}'")
         from quantization import load_qat
 
         return load_qat(copy.deepcopy(self.model), self.run.qat_dir, self.example_input()).eval()
@@ -70,7 +86,10 @@ class JobFactory:
         from hrnet_edge.models.blocks import upsample_form
 
         name = source if form == "interpolate" else f"{source}-{form}"
-        path = self.run.root / "intermediate" / f"{name}.onnx"
+        # named by the hash of what it was made from: a new checkpoint or QAT model never
+        # reuses an old intermediate file
+        sha = self.qat_sha256 if source == "qat" else self.checkpoint_sha256
+        path = self.run.root / "intermediate" / f"{name}-{sha[:16]}.onnx"
         if not path.is_file():
             model = self.qat_float_model if source == "qat" else self.model
             with upsample_form(model, form):
@@ -82,6 +101,8 @@ class JobFactory:
         int8 = quantized_as(precision) == "int8"
         meta = dict(self.base_metadata)
         meta["source_model"] = "qat" if int8 else "fp32"
+        if int8:
+            meta["qat_sha256"] = self.qat_sha256
         job = ExportJob(model=self.model, precision=precision, out_dir=out_dir, metadata=meta,
                         calibration=self.calibration)
         if int8:

@@ -68,7 +68,13 @@ class CheckContext:
         if not path.is_file() or not row_path.is_file():
             raise RunDirError(f"reference pytorch-{precision} was not checked yet ({path.name} missing); "
                               f"run 'hrnet-edge check --run {self.run.root}'")
-        return self.task.load_reference(path, read_json(row_path)["metric"])
+        row = read_json(row_path)
+        if row.get("status") != "reference" or not isinstance(row.get("metric"), dict):
+            why = " ".join(str(row.get("reason") or row.get("status")).split())[:200]
+            raise RunDirError(f"reference pytorch-{precision} could not be checked ({why}); an artifact "
+                              f"is compared with it, so fix that first and run 'hrnet-edge check --run "
+                              f"{self.run.root} --force'")
+        return self.task.load_reference(path, row["metric"])
 
     @cached_property
     def natural(self) -> np.ndarray | None:

@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 from hrnet_edge.console import child_console, say
 from hrnet_edge.errors import ExportError, MissingDependency, RunDirError
-from hrnet_edge.io import read_json, write_json
+from hrnet_edge.faults import kill_point
+from hrnet_edge.io import read_json, sha256_file, write_json
 from hrnet_edge.runconfig import RunConfig
-from hrnet_edge.runs import RunDir
+from hrnet_edge.runs import RunDir, require_trained
 
 Log = Callable[[str], None]
 
@@ -45,6 +46,10 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
         now = time.time()
         timings[name], mark = round(now - mark, 1), now
 
+    require_trained(run, cfg)
+    # a redo starts by withdrawing the old result: metrics.json is what marks QAT done,
+    # so a kill from here on leaves a run without QAT, never the old metrics beside new weights
+    (run.qat_dir / "metrics.json").unlink(missing_ok=True)
     model, sha = load_trained(run, cfg)
     train_ds, val_ds = task.datasets(run, cfg)
     calib = task.calibration_images(run, cfg, cfg.qat.calibration_images, seed=cfg.data.seed)
@@ -70,12 +75,66 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
     log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) {label} {qat[m]:.4f}")
     save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
     lap("save")
+    kill_point("qat:before-metrics")
     log("[qat] seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
-              "source_checkpoint_sha256": sha, "calibration_images": int(len(calib)),
+              "source_checkpoint_sha256": sha, "qat_sha256": qat_files_sha256(run),
+              "calibration_images": int(len(calib)),
               "seconds": round(time.time() - t0, 1), "timings_s": timings}
     write_json(run.qat_dir / "metrics.json", result)
     return result
+
+
+QAT_FILES = ("qat.safetensors", "qat_config.json")
+
+
+def qat_files_sha256(run: RunDir) -> str:
+    """One sha256 over the QAT model's files (weights, then the NNCF config)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in QAT_FILES:
+        path = run.qat_dir / name
+        h.update(sha256_file(path).encode() if path.is_file() else b"missing")
+    return h.hexdigest()
+
+
+def checkpoint_sha256(run: RunDir) -> str:
+    """The sha256 of the run's best checkpoint (what every later stage starts from)."""
+    return sha256_file(run.best_checkpoint())
+
+
+def qat_stale_reason(run: RunDir) -> str | None:
+    """Why the run's QAT result cannot be used as it is (None: it can)."""
+    path = run.qat_dir / "metrics.json"
+    if not path.is_file():
+        return "the run has no finished QAT"
+    metrics = read_json(path)
+    if metrics.get("source_checkpoint_sha256") != checkpoint_sha256(run):
+        return "the trained checkpoint changed since QAT ran"
+    if metrics.get("qat_sha256") not in (None, qat_files_sha256(run)):
+        return "the QAT model's files changed since QAT wrote them"
+    return None
+
+
+def check_export_plan(cfg: RunConfig) -> None:
+    """ConfigError unless ``[export]`` names known targets and precisions, each precision
+    one that some named target exports (checked when a run starts, not at export)."""
+    from converters.base import PRECISIONS
+    from converters.registry import TARGETS, get_target
+    from hrnet_edge.errors import ConfigError, unknown_choice
+
+    for name in cfg.export.targets:
+        if name not in TARGETS:
+            raise unknown_choice("target", name, TARGETS)
+    for p in cfg.export.precisions:
+        if p not in PRECISIONS:
+            raise unknown_choice("precision", p, PRECISIONS)
+    offered = {t: get_target(t).precisions for t in cfg.export.targets}
+    for p in cfg.export.precisions:
+        if offered and not any(p in ps for ps in offered.values()):
+            have = "; ".join(f"{t}: {', '.join(ps)}" for t, ps in offered.items())
+            raise ConfigError(f"precision {p!r} is not exported by the target(s) named ({have})")
 
 
 def planned_exports(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -111,7 +170,8 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = sa
 
     _quiet_exporters()
 
-    run.best_checkpoint()  # no trained model: a clear error, not a column of skipped rows
+    require_trained(run, cfg)  # no (finished) trained model: a clear error, not a column of skipped rows
+    merge_index(run, [])  # a damaged index.json is an error before any work, not after it
     pairs = planned_exports(cfg)
     side = [p for p in pairs if p[0] in SIDE_TARGETS] if cfg.export.parallel else []
     worker = _start_export_worker(run, side, force) if side and len(side) < len(pairs) else None
@@ -128,6 +188,7 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = sa
     if worker is not None:
         done.update(_finish_export_worker(run, worker, side, log))
     rows = [done[p] for p in pairs]
+    kill_point("export:before-index")
     write_json(run.exports / "index.json", merge_index(run, rows))
     return rows
 
@@ -203,7 +264,10 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
         log(f"[export] {target_name}-{precision}: skipped ({reason})")
         return {**row, "status": "skipped", "reason": reason}
     if (out_dir / "metadata.json").is_file() and not force:
-        return {**row, "status": "exported", "reason": "kept (exists)", "seconds": 0.0}
+        stale = export_stale_reason(factory, out_dir, precision)
+        if stale is None:
+            return {**row, "status": "exported", "reason": "kept (exists)", "seconds": 0.0}
+        log(f"[export] {target_name}-{precision}: exporting again: {stale}")
     t0 = time.time()
     try:
         job = factory.job(target_name, precision, out_dir)
@@ -220,17 +284,46 @@ def _export_one(factory, target_name: str, precision: str, force: bool, log: Log
     for note in artifact.notes:
         if note.startswith("warning:"):
             log(f"[export] {target_name}-{precision}: {note}")
-    return {**row, "status": "exported", "reason": "", "seconds": secs}
+    return {**row, "status": "exported", "reason": "", "seconds": secs,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # the time lives here, not in the artifact
+
+
+def export_stale_reason(factory, out_dir: Path, precision: str) -> str | None:
+    """Why an existing export cannot be kept (None: it can): its files differ from the
+    sha256 its metadata records, or it was made from another checkpoint or QAT model."""
+    from converters.base import quantized_as
+    from converters.check import integrity_problem
+
+    problem = integrity_problem(out_dir)
+    if problem:
+        return problem
+    meta = read_json(out_dir / "metadata.json")
+    if meta.get("checkpoint_sha256") != factory.checkpoint_sha256:
+        return "it was made from another trained checkpoint"
+    if quantized_as(precision) == "int8" and meta.get("qat_sha256") != factory.qat_sha256:
+        return ("its metadata predates QAT hashes" if "qat_sha256" not in meta
+                else "it was made from another QAT model")
+    return None
 
 
 def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say) -> list[dict]:
-    """Check every exported artifact (and the PyTorch references) in its own process."""
+    """Check every exported artifact (and the PyTorch references) in its own process.
+
+    An artifact whose files differ from the sha256 in its metadata.json is a failed row
+    at once (never run, never an old row); a saved row is reused only while the
+    artifact or checkpoint it describes is unchanged."""
+    require_trained(run, cfg)
     pairs = [("pytorch", "fp32")]
+    rows = []
     if (run.qat_dir / "metrics.json").is_file():
-        pairs.append(("pytorch", "int8"))
+        stale = qat_stale_reason(run)
+        if stale is None:
+            pairs.append(("pytorch", "int8"))
+        else:
+            rows.append({"target": "pytorch", "precision": "int8", "status": "skipped",
+                         "reason": f"QAT is out of date ({stale}); run 'hrnet-edge qat --run {run.root}'"})
     index = run.exports / "index.json"
     export_rows = read_json(index) if index.is_file() else []
-    rows = []
     for er in export_rows:
         if er["status"] != "exported":
             rows.append({**er, "status": er["status"], "reason": er.get("reason", "")})
@@ -238,11 +331,23 @@ def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say
         pairs.append((er["target"], er["precision"]))
     for target, precision in pairs:
         rows.append(_check_one(run, target, precision, force, log))
+        kill_point(f"check:after-{target}-{precision}")
     return rows
 
 
 def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) -> dict:
     path = run.check_path(target, precision)
+    if target != "pytorch":
+        from converters.check import integrity_problem
+
+        problem = integrity_problem(run.export_dir(target, precision))
+        if problem:  # checked first: a damaged artifact is never run, nor an old row kept
+            row = {"target": target, "precision": precision, "status": "failed",
+                   "reason": f"artifact integrity: {problem}; re-export it with "
+                             f"'hrnet-edge export --run {run.root} --force'"}
+            write_json(path, row)
+            log(_summary(row, 0.0))
+            return row
     if path.is_file() and not force:
         row = read_json(path)
         stale = _stale_reason(run, target, precision, row)
@@ -270,7 +375,16 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
 
 def _stale_reason(run: RunDir, target: str, precision: str, row: dict) -> str | None:
     """Why a saved check row no longer describes the artifact on disk (None: it does)."""
-    if target == "pytorch" or row.get("status") in ("skipped", "error"):
+    if row.get("status") in ("skipped", "error", "failed") and target != "pytorch" \
+            and row.get("reason", "").startswith("artifact integrity"):
+        return "the artifact failed its integrity check before"
+    if target == "pytorch":
+        if row.get("status") == "error":
+            return None
+        if row.get("source_sha256") != reference_source_sha256(run, precision):
+            return "the PyTorch model changed since its check"
+        return None
+    if row.get("status") in ("skipped", "error"):
         return None
     art_dir = run.export_dir(target, precision)
     if not art_dir.is_dir():
@@ -284,6 +398,12 @@ def _stale_reason(run: RunDir, target: str, precision: str, row: dict) -> str | 
     if row["artifact_sha256"] != artifact_hash(art_dir):
         return "the artifact changed since its check (re-exported or modified)"
     return None
+
+
+def reference_source_sha256(run: RunDir, precision: str) -> str:
+    """The sha256 of what the PyTorch reference ``precision`` runs: the best checkpoint
+    (fp32) or the QAT model's files (int8)."""
+    return qat_files_sha256(run) if precision == "int8" else checkpoint_sha256(run)
 
 
 def _summary(row: dict, secs: float) -> str:

@@ -268,4 +268,8 @@ def build_section(cls, values: Any, where: str):
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; valid: {', '.join(sorted(valid))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    obj = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    from hrnet_edge.fields import check_fields
+
+    check_fields(obj, where)  # types and ranges, before anything uses the values
+    return obj

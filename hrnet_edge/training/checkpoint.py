@@ -1,9 +1,13 @@
 """Checkpoints as safetensors + a small JSON of training state. No pickle anywhere.
 
 ``<stem>.safetensors`` holds the model's state dict and, for resumable checkpoints,
-the optimizer's tensors under ``optim/<param index>/<key>``; ``<stem>.json`` holds the
-epoch, metrics, optimizer hyper-parameters and RNG seeds. Both are written atomically,
-the JSON last, so a checkpoint whose JSON exists is whole.
+the optimizer's tensors under ``optim/<param index>/<key>``, and the training state
+(epoch, metrics, optimizer hyper-parameters) as JSON in its own header
+(``hrnet_edge_state``): weights and state are one file, written atomically, so no
+interruption can pair the weights of one epoch with the state of another.
+``<stem>.json`` is a readable copy of that state plus the file's sha256, written
+after; readers take the state from the checkpoint itself. Checkpoints written before
+the state was embedded are read from their JSON, verified against its sha256.
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import torch
 from torch import nn
 
 from hrnet_edge.errors import CheckpointError
-from hrnet_edge.io import atomic_path, sha256_file, write_json
+from hrnet_edge.faults import kill_point
+from hrnet_edge.io import atomic_path, jsonable, sha256_file, write_json
 
 OPTIM_PREFIX = "optim/"
+STATE_KEY = "hrnet_edge_state"
 
 
 def save_checkpoint(path: Path, model: nn.Module, state: dict[str, Any],
@@ -35,22 +41,58 @@ def save_checkpoint(path: Path, model: nn.Module, state: dict[str, Any],
                 tensors[f"{OPTIM_PREFIX}{idx}/{key}"] = t.detach().contiguous().cpu()
         meta_state["optimizer_param_groups"] = opt["param_groups"]
     path = Path(path)
+    # key order kept: a resumed run's history rows (metrics.csv columns) keep their order
+    header = {"format": "hrnet-edge", STATE_KEY: json.dumps(meta_state, default=jsonable)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "hrnet-edge"})
+        save_file(tensors, str(tmp), metadata=header)
+    kill_point(f"pair:{path.name}")  # the checkpoint is whole; its readable copy is not written yet
     meta_state["sha256"] = sha256_file(path)
     write_json(path.with_suffix(".json"), meta_state)
     return path
 
 
+def _embedded_state(path: Path) -> dict[str, Any] | None:
+    """The state in the checkpoint's own header (None for a checkpoint without one)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
+    if STATE_KEY not in header:
+        return None
+    try:
+        return json.loads(header[STATE_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} carries a corrupt training state: {exc}") from None
+
+
 def read_state(path: Path) -> dict[str, Any]:
-    """The JSON sidecar of a checkpoint."""
-    side = Path(path).with_suffix(".json")
+    """The training state of a checkpoint, with the checkpoint file's ``sha256``.
+
+    Raises:
+        CheckpointError: the file is missing or corrupt; for a checkpoint without an
+            embedded state, its JSON is missing, corrupt or records another file's hash.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    state = _embedded_state(path)
+    sha = sha256_file(path)
+    if state is not None:
+        return {**state, "sha256": sha}
+    side = path.with_suffix(".json")
     if not side.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {side.name} is missing")
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint sidecar {side} is corrupt: {exc}") from exc
+        state = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {side} is corrupt: {exc}") from None
+    if state.get("sha256") not in (None, sha):
+        raise CheckpointError(f"checkpoint {path} and {side.name} do not belong together (an interrupted "
+                              "write?); re-run the stage that wrote them")
+    return {**state, "sha256": sha}
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -82,7 +124,9 @@ def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
             f"{len(wrong)} with another shape {wrong[:3]} (was it trained with another variant?)"
         )
     model.load_state_dict(weights)
-    return read_state(path) if Path(path).with_suffix(".json").is_file() else {}
+    if _embedded_state(path) is None and not Path(path).with_suffix(".json").is_file():
+        return {"sha256": sha256_file(path)}  # a plain weights file, no training state
+    return read_state(path)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, state: dict[str, Any]) -> None:
