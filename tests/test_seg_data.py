@@ -16,6 +16,7 @@ from hrnet_edge.data.synthetic_seg import generate_synthetic_cityscapes
 from hrnet_edge.data.synthetic_seg_render import FLAT_COLOURS
 from hrnet_edge.data.synthetic_seg_scene import render_street
 from hrnet_edge.errors import DataError
+from hrnet_edge_runtime.errors import UsageError
 from hrnet_edge.evaluation.segmentation import (confusion_matrix, evaluate_segmentation,
                                                 seg_metrics, upsample_logits)
 
@@ -314,9 +315,9 @@ def test_confusion_matrix_and_metrics_by_hand():
     # Predicted but never in the ground truth: IoU 0, and it counts in the mean.
     m = seg_metrics(confusion_matrix(np.array([0, 3]), np.array([0, 0]), 4))
     assert m["per_class_IoU"]["3"] == 0.0 and m["mIoU"] == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UsageError, match="shape"):
         confusion_matrix(pred[:1], gt, 4)
-    with pytest.raises(ValueError, match=r"0\.\.3"):
+    with pytest.raises(UsageError, match=r"0\.\.3"):
         confusion_matrix(pred, np.where(gt == 2, 9, gt), 4)
 
 

@@ -13,11 +13,13 @@ device decode alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from hrnet_edge_runtime.decode.seg import flip_average, label_map, upsample_logits
+# The device runner computes mIoU with the same code (hrnet-edge-run --labels).
+from hrnet_edge_runtime.metrics import confusion_matrix, seg_metrics
 
 from hrnet_edge.errors import DataError
 from hrnet_edge.evaluation.batching import run_batched
@@ -43,75 +45,6 @@ class SegEvalResult:
     labels_pred: np.ndarray = field(repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
     confusion: np.ndarray | None = field(default=None, repr=False)
-
-
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
-                     ignore_index: int = 255) -> np.ndarray:
-    """Pixel confusion matrix of predicted against ground-truth class ids.
-
-    Args:
-        pred: predicted ids, any shape.
-        gt: ground-truth ids, the same shape; ``ignore_index`` pixels are skipped.
-        num_classes: K.
-        ignore_index: label value that does not count.
-
-    Returns:
-        (K, K) int64, rows ground truth, columns prediction.
-
-    Raises:
-        ValueError: shapes differ, or a counted pixel holds an id outside 0..K-1.
-    """
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
-    keep = gt != ignore_index
-    p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
-    for name, v in (("label", g), ("prediction", p)):
-        if v.size and (v.min() < 0 or v.max() >= num_classes):
-            raise ValueError(f"{name} ids must lie in 0..{num_classes - 1} (or be {ignore_index} "
-                             f"in the label), got {v.min()}..{v.max()}")
-    return np.bincount(g * num_classes + p, minlength=num_classes * num_classes) \
-        .reshape(num_classes, num_classes)
-
-
-def seg_metrics(conf: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """mIoU, pixel accuracy and mean class accuracy of a confusion matrix.
-
-    A class that neither occurs in the ground truth nor is predicted has no IoU: it is
-    left out of the mean (its ``per_class_IoU`` is None) and listed in
-    ``absent_classes``. A class predicted but absent from the ground truth has IoU 0.
-
-    Args:
-        conf: (K, K) confusion matrix, rows ground truth, columns prediction.
-        class_names: K names (default ``"0"``, ``"1"``, ...).
-
-    Returns:
-        dict with ``mIoU``, ``pixel_acc``, ``mean_acc`` (mean recall over classes present
-        in the ground truth), ``per_class_IoU`` (name -> IoU or None),
-        ``absent_classes`` and ``num_pixels``. Metrics are NaN when no pixel counted.
-    """
-    conf = np.asarray(conf, np.int64)
-    k = conf.shape[0]
-    if conf.shape != (k, k):
-        raise ValueError(f"confusion matrix must be square, got shape {conf.shape}")
-    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
-    if len(names) != k:
-        raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
-    tp = np.diag(conf).astype(np.float64)
-    gt_px, pred_px = conf.sum(1).astype(np.float64), conf.sum(0).astype(np.float64)
-    union = gt_px + pred_px - tp
-    present = union > 0
-    iou = np.divide(tp, union, out=np.zeros(k), where=present)
-    total = float(conf.sum())
-    nan = float("nan")
-    return {
-        "mIoU": float(iou[present].mean()) if present.any() else nan,
-        "pixel_acc": float(tp.sum() / total) if total else nan,
-        "mean_acc": float((tp[gt_px > 0] / gt_px[gt_px > 0]).mean()) if total else nan,
-        "per_class_IoU": {n: (float(v) if p else None) for n, v, p in zip(names, iou, present)},
-        "absent_classes": [n for n, p in zip(names, present) if not p],
-        "num_pixels": int(total),
-    }
 
 
 def _run(infer: InferFn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:

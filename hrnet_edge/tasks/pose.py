@@ -169,8 +169,9 @@ class PoseTask(Task):
 
     # --- metadata ----------------------------------------------------------------------
     def app_info(self, run: RunDir, cfg: RunConfig) -> dict[str, Any]:
-        from hrnet_edge.data.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
+        from hrnet_edge.data.keypoints import CROP_PADDING, FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 
-        return {"keypoint_names": list(KEYPOINT_NAMES), "skeleton": [list(p) for p in SKELETON],
+        return {"crop_padding": CROP_PADDING, "keypoint_names": list(KEYPOINT_NAMES),
+                "skeleton": [list(p) for p in SKELETON],
                 "flip_pairs": [list(p) for p in FLIP_PAIRS], "decoder": cfg.eval.decoder,
                 "sigma": cfg.data.sigma, "flip_test": cfg.eval.flip_test}

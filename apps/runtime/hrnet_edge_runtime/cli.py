@@ -1,7 +1,7 @@
 """``hrnet-edge-run``: time one artifact on this device and write a device result.
 
     hrnet-edge-run ARTIFACT_DIR [--device CPU] [--threads N] [--hint latency|throughput]
-                   [--warmup 10] [--iterations 100] [--images DIR] [--profile]
+                   [--warmup 10] [--iterations 100] [--images DIR [--labels FILE]] [--profile]
                    [--label NAME] [--skip-sha256] [--samples DIR] --out result.json
 
 Order: read and check ``metadata.json``, verify the sha256 of the model file(s), read
@@ -10,14 +10,18 @@ inference), warm up, time the iterations, record peak memory, then (``--profile`
 open it again with the runtime's profiler for per-op times, so profiling never slows
 the timed runs. With ``--samples`` (a bundle's ``samples/`` folder), the same opened
 artifact then runs the bundle's sample inputs and its outputs are compared with the
-host's (``samples`` in the result; see :mod:`hrnet_edge_runtime.samples`). The result
-is validated and written atomically.
+host's (``samples`` in the result; see :mod:`hrnet_edge_runtime.samples`). With
+``--labels`` (checked before anything runs), the same opened artifact then scores the
+labelled pictures of ``--images`` with the task metric of the host checks (``metric``,
+``metric_name`` and ``evaluation`` in the result; see :mod:`hrnet_edge_runtime.labelled`).
+The result is validated and written atomically.
 
 Exit codes: 0 done; 2 bad input (a missing folder, not an artifact, a sha256
 mismatch, a bad number, an unknown device, a runtime not installed, samples of another
-artifact), with one line on stderr and no file written; 1 the runtime failed while
-running, or a sample's output is outside the tolerance (the result is still written,
-one line names the sample).
+artifact, labels that are missing, malformed or do not match the pictures, a task with
+no metric, pycocotools missing for a COCO metric), with one line on stderr and no file
+written; 1 the runtime failed while running, or a sample's output is outside the
+tolerance (the result is still written, one line names the sample).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from hrnet_edge_runtime.adapters import HINTS, adapter_class, open_adapter
 from hrnet_edge_runtime.errors import RuntimeErrorBase, UsageError
 from hrnet_edge_runtime.host import host_facts
 from hrnet_edge_runtime.inputs import image_to_input, list_images, random_input, read_image
+from hrnet_edge_runtime.labelled import load_labels
 from hrnet_edge_runtime.metadata import load_artifact, verify_sha256
 from hrnet_edge_runtime.result import build_result, write_result
 from hrnet_edge_runtime.samples import SampleMismatch, load_samples, verify_samples
@@ -67,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=100, help="timed runs (default 100)")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="time on these .jpg/.png pictures (resized to the input, cycled) instead of random pixels")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="labels of the --images pictures: also compute the task metric (pose: COCO "
+                        "person_keypoints JSON; det: COCO instances JSON; seg: a folder of <stem>.png masks; "
+                        "cls: a CSV file,label or a JSON {file: label})")
     p.add_argument("--profile", action="store_true", help="also record per-op times (a separate, untimed pass)")
     p.add_argument("--label", default=None, help="a name for this device in the result (default: the host name)")
     p.add_argument("--skip-sha256", action="store_true", help="do not verify the model file hashes")
@@ -95,17 +104,22 @@ def run(args: argparse.Namespace) -> dict:
     art = load_artifact(args.artifact_dir)
     if not args.skip_sha256:
         verify_sha256(art)
+    if args.labels is not None and args.images is None:
+        raise UsageError("--labels needs --images DIR: the labelled pictures")
     inputs, described = _inputs(art, args.images)
+    labelled = load_labels(art, args.images, args.labels) if args.labels is not None else None
     import_ms = adapter_class(art.target).import_runtime()  # kept out of load_ms
     options = dict(device=args.device, threads=args.threads, hint=args.hint)
     if args.samples is not None:
         load_samples(args.samples, art)  # bad samples fail before anything runs
     adapter, measured = measure(lambda: open_adapter(art, **options), inputs, args.warmup, args.iterations)
-    checked = None
+    checked = scored = None
     try:
         runtime = adapter.info()
         if args.samples is not None:
             checked = verify_samples(adapter, args.samples)
+        if labelled is not None:
+            scored = labelled.evaluate(adapter.run)
     finally:
         adapter.close()
     profile = NOT_REQUESTED
@@ -119,6 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     if checked is not None:
         result["samples"] = {k: checked[k] for k in ("count", "max_abs_over_range", "correlation", "passed",
                                                      "tolerance")}
+    if scored is not None:
+        result.update(scored)
     write_result(out, result)
     if checked is not None and not checked["passed"]:
         raise SampleMismatch(f"{checked['failed']} (result written to {out})")
@@ -133,6 +149,10 @@ def summary(result: dict, out: str) -> str:
     checked = result.get("samples")
     samples = (f", {checked['count']} samples {'passed' if checked['passed'] else 'FAILED'}"
                if checked else "")
+    if result.get("metric_name"):
+        value = result["metric"].get(result["metric_name"])
+        samples += (f", {result['metric_name']} {'n/a' if value is None else format(value, '.4f')} on "
+                    f"{result['evaluation']['images']} labelled images")
     return (f"{result['target']}-{result['precision']} ({result['task']}) on {rt.get('device')} "
             f"[{rt['name']} {rt.get('version')}{threads}]: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, "
             f"load {result['load_ms']:.1f} ms, peak RSS {'%.1f MB' % peak if peak is not None else 'n/a'}"

@@ -15,6 +15,7 @@ EXTRAS = {
     "ai_edge_litert": "litert",
     "executorch": "executorch",
     "coremltools": "coreml",
+    "pycocotools": "metrics",  # COCO AP of --labels for pose and det
 }
 
 
@@ -31,6 +32,12 @@ class RuntimeUnavailable(RuntimeErrorBase):
     """The runtime an artifact needs cannot run here: not installed (the message names
     the pip extra), needs another OS (Core ML: macOS), or the device asked for is not
     one the runtime lists."""
+
+
+class LabelsError(RuntimeErrorBase):
+    """``--labels`` cannot be used: the file or folder is missing or not of the task's
+    format, a picture has no label (or a label no picture), a label names an unknown
+    class, or the artifact's task has no metric on labelled pictures."""
 
 
 class UsageError(RuntimeErrorBase):

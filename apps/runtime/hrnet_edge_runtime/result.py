@@ -19,7 +19,18 @@ Schema ``hrnet-edge-device-result``, version 1::
 
 Further fields may appear and readers must ignore those they do not know;
 ``hrnet-edge-run`` adds ``variant`` and ``runtime_import_ms`` (importing the runtime's
-Python modules, which ``load_ms`` leaves out).
+Python modules, which ``load_ms`` leaves out), ``samples`` (``--samples``) and, with
+``--labels``, the task metric on the labelled pictures::
+
+    metric_name ("AP" | "mIoU" | "top1": the primary metric, as the host rows name it),
+    metric {the host check rows' keys: pose AP, AP50, AP75, APm, APl, AR, AR50, AR75,
+            ARm, ARl, PCK@0.05, PCK@0.1, num_instances; det AP, AP50, AP75, APs, APm,
+            APl, AR1, AR10, AR100, no_results; seg mIoU, pixel_acc, mean_acc,
+            per_class_IoU, absent_classes, num_pixels, num_images; cls top1, top5,
+            num_images; a metric without a value (no labelled pixel) is null},
+    evaluation {labels, format, images, annotations, ... how the inputs were made}
+
+These three come together or not at all.
 """
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ LATENCY_FIELDS: dict[str, Any] = {
     "trimmed_mean_ms": _NUM, "min_ms": _NUM, "max_ms": _NUM, "std_ms": _NUM,
     "iterations": _INT, "warmup": _INT, "threads": _OPT_INT,
 }
+METRIC_FIELDS = ("metric_name", "metric", "evaluation")
 _INPUTS = re.compile(r"^(random|images:[1-9][0-9]*)$")
 _SHA = re.compile(r"^([0-9a-f]{64})+$")
 
@@ -124,7 +136,27 @@ def validate_result(d: Any) -> dict[str, Any]:
             raise ArtifactError(f"device result: field '{key}.{inner}' must be a string")
     if not isinstance(d["profile"].get("available"), bool):
         raise ArtifactError("device result: field 'profile.available' must be a boolean")
+    _check_metric(d)
     return d
+
+
+def _check_metric(d: dict) -> None:
+    """The optional ``metric``, ``metric_name`` and ``evaluation`` of ``--labels``."""
+    present = [k for k in METRIC_FIELDS if k in d]
+    if not present:
+        return
+    if len(present) != len(METRIC_FIELDS):
+        missing = [k for k in METRIC_FIELDS if k not in d]
+        raise ArtifactError(f"device result: field(s) {missing} missing beside {present} (they come together)")
+    name, metric, ev = d["metric_name"], d["metric"], d["evaluation"]
+    if not isinstance(metric, dict) or not isinstance(name, str) or name not in metric:
+        raise ArtifactError(f"device result: field 'metric' must be an object holding 'metric_name' ({name!r})")
+    value = metric[name]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise ArtifactError(f"device result: field 'metric.{name}' must be a number or null, got {value!r}")
+    if not isinstance(ev, dict) or not _ok(ev.get("images"), _INT) or ev["images"] < 1:
+        raise ArtifactError("device result: field 'evaluation.images' must be a positive integer")
 
 
 def jsonable(obj: Any) -> Any:
