@@ -87,6 +87,7 @@ class CoreMLTarget(Target):
                 stage.mkdir(parents=True)
                 package = stage / MODEL_FILE
                 mlmodel.save(str(package))
+                make_reproducible(package)
                 meta["artifact"] = {"file": MODEL_FILE, "size_bytes": size_bytes(package),
                                     "sha256": sha256_file(package)}
                 write_json(stage / "metadata.json", meta)
@@ -198,6 +199,41 @@ def _convert(model, precision: str, kind: str, base: dict[str, Any]):
             weight_threshold=WEIGHT_THRESHOLD))
         mlmodel = cto.linear_quantize_weights(mlmodel, config)
     return mlmodel, names
+
+
+# A file coremltools' torch.export path leaves inside the package; no Manifest entry
+# names it and Core ML does not read it.
+_STRAY = ("executorch_debug_handle_mapping.json",)
+
+
+def make_reproducible(package: Path) -> None:
+    """Same model, same package bytes: coremltools writes the spec with protobuf maps in
+    hash order and gives each Manifest item a random UUID. Re-serialise the spec with
+    sorted maps, name each item by a UUID derived from its path, drop stray files."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    for name in _STRAY:
+        (package / name).unlink(missing_ok=True)
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed: dict[str, str] = {}
+    items = {}
+    for old, item in manifest.get("itemInfoEntries", {}).items():
+        new = str(uuid.uuid5(uuid.NAMESPACE_URL, "hrnet-edge-coreml:" + item["path"]))
+        renamed[old] = new
+        items[new] = item
+        if item.get("name", "").endswith(".mlmodel"):
+            spec_path = package / "Data" / item["path"]
+            spec = Model_pb2.Model()
+            spec.ParseFromString(spec_path.read_bytes())
+            spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    manifest["itemInfoEntries"] = dict(sorted(items.items()))
+    if "rootModelIdentifier" in manifest:
+        manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"],
+                                                      manifest["rootModelIdentifier"])
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
 
 
 def _feature(feature) -> dict[str, Any]:

@@ -190,3 +190,41 @@ def test_failure_while_writing_leaves_nothing(tmp_path, model, packages, target,
         target.export(make_job(model, "fp16", out))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+_EXPORT_ONE = """
+import sys, torch
+from converters.coreml import CoreMLTarget
+from converters.base import ExportJob
+from converters.metadata import base_metadata
+from hrnet_edge import create_model
+torch.manual_seed(0)
+m = create_model("hrnet_w8_pose", input_size=(64, 64), width=4, stem_channels=8, stage1_blocks=1,
+                 stage1_planes=4, stage_modules=[1, 1, 1], stage_blocks=[1, 1, 1], head_channels=8).eval()
+CoreMLTarget().export(ExportJob(model=m, precision="fp16", out_dir=__import__("pathlib").Path(sys.argv[1]),
+                                metadata=base_metadata(m)))
+"""
+
+
+def test_same_model_same_package_bytes(tmp_path):
+    """Two exports in two processes with different string-hash seeds (coremltools writes
+    protobuf maps in hash order and random Manifest UUIDs): every file equal but the
+    export time, no stray file in the package, and the package still opens."""
+    import os
+    import subprocess
+    import sys
+
+    ct = pytest.importorskip("coremltools")
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}" / "coreml-fp16"
+        done = subprocess.run([sys.executable, "-c", _EXPORT_ONE, str(out)], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(out)
+    files = [sorted(p.relative_to(o).as_posix() for p in o.rglob("*") if p.is_file()) for o in outs]
+    assert files[0] == files[1] and "model.mlpackage/executorch_debug_handle_mapping.json" not in files[0]
+    differ = [f for f in files[0] if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()]
+    assert differ == ["timings.json"], differ
+    spec = ct.models.MLModel(str(outs[0] / "model.mlpackage"), skip_model_load=True).get_spec()
+    assert spec.WhichOneof("Type") == "mlProgram" and spec.description.input[0].name
