@@ -103,7 +103,7 @@ def test_overrides_replace_and_do_not_leak():
     ({"upsample_mode": "cubic"}, "nearest"),
     ({"input_size": (100, 96)}, "multiples of 32"),
     ({"task": "depth"}, "pose"),
-    ({"stage_blocks": (1, 2)}, "3 entries"),
+    ({"stage_blocks": (1, 2)}, "a list of 3 integers"),
 ])
 def test_bad_overrides_raise_config_error(overrides, match):
     with pytest.raises(ConfigError, match=match):
