@@ -43,12 +43,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from converters.base import (FLOAT_NCHW, UINT8_INPUT, UINT8_NHWC, AdapterRunner, Artifact, ExportJob, Runner, Target,
+from converters.base import (UINT8_INPUT, AdapterRunner, Artifact, ExportJob, Runner, Target,
                              delegation_notes, quantized_as, uint8_input_spec)
 from converters.metadata import EMBED_KEY, embedded_json, finish_metadata, staged_artifact, write_metadata
 from hrnet_edge.deps import require
 from hrnet_edge.errors import ExportError, unknown_choice
-from hrnet_edge.io import read_json, sha256_file
+from hrnet_edge.io import sha256_file
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 SUFFIXES = {"fp32": "float32", "fp16": "float16", "int8": "integer_quant",
@@ -247,57 +247,6 @@ def _io_spec(detail: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-class TfliteRunner(Runner):
-    """A LiteRT interpreter (XNNPACK by default) behind the PyTorch NCHW contract."""
-
-    def __init__(self, path: Path, threads: int = 2, input_layout: str = "NHWC"):
-        self.path, self.input_layout = Path(path), input_layout
-        self._make(threads)
-
-    def _make(self, threads: int) -> None:
-        litert = require("ai_edge_litert.interpreter", "tflite")
-        self.threads = threads
-        self.interpreter = litert.Interpreter(model_path=str(self.path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        scale, zero = self.input["quantization"]
-        u8 = np.dtype(self.input["dtype"]) == np.uint8 and abs(scale * 255 - 1) < 1e-6 and zero == 0
-        self.input_form = UINT8_NHWC if u8 and self.input_layout == "NHWC" else FLOAT_NCHW
-
-    def _one(self, x: np.ndarray) -> np.ndarray:
-        if self.input_form != UINT8_NHWC:  # uint8 pixels go in as they are
-            if self.input_layout == "NHWC" and x.ndim == 4:
-                x = x.transpose(0, 2, 3, 1)
-            x = _quantize(x, self.input)
-        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x))
-        self.interpreter.invoke()
-        y = _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
-        return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y  # NHWC -> NCHW
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
-
-    def set_threads(self, n: int) -> None:
-        self._make(n)
-
-
-def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if np.dtype(detail["dtype"]) == np.float32:
-        return y.astype(np.float32, copy=True)
-    scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-
-
 def _delegation(path: Path, it=None) -> dict[str, Any]:
     """Delegate partitions and the ops left to the CPU kernels (XNNPACK by default).
 
@@ -437,13 +386,9 @@ class TfliteTarget(Target):
                                                    "runtime": {"name": "litert", "delegate": "XNNPACK"}})
 
     def load(self, artifact_dir: Path, threads: int = 2) -> Runner:
-        artifact_dir = Path(artifact_dir)
-        meta_path = artifact_dir / "metadata.json"
-        # an export runs through the device runtime's code; the int8-I/O variant (an
-        # export option) takes quantized tensors the device runtime does not build yet
-        if meta_path.is_file() and read_json(meta_path)["input"].get("dtype") != "int8":
-            return AdapterRunner(artifact_dir, threads)
-        return TfliteRunner(artifact_dir / f"model{self.suffix}", threads, "NHWC")
+        # through the device runtime's adapter, the int8-I/O variant too (the adapter
+        # quantizes the float input and dequantizes the output with the tensors' scales)
+        return AdapterRunner(Path(artifact_dir), threads)
 
     def inspect(self, artifact_dir: Path) -> dict[str, Any]:
         fb = require("ai_edge_litert.tools.flatbuffer_utils", "tflite")

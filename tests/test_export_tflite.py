@@ -20,7 +20,7 @@ from hrnet_edge.errors import ExportError
 pytest.importorskip("onnx2tf", reason="onnx2tf is not installed (extra 'tflite')")
 pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is not installed (extra 'tflite')")
 
-from converters.base import ExportJob  # noqa: E402
+from converters.base import AdapterRunner, ExportJob  # noqa: E402
 from converters.metadata import base_metadata  # noqa: E402
 from converters.onnx import export_onnx  # noqa: E402
 from converters.tflite import SAMPLE_FILE, TfliteTarget, read_embedded_metadata  # noqa: E402
@@ -142,14 +142,15 @@ def test_missing_inputs_are_typed_errors(setup, tmp_path):
 
 
 def test_runner_int8_io_dequantizes():
-    """The runner (de)quantizes int8 I/O with the tensor's scale and zero point."""
-    from converters.tflite import _dequantize, _quantize
+    """The device runtime's LiteRT adapter (de)quantizes int8 I/O with the tensor's scale
+    and zero point."""
+    from hrnet_edge_runtime.adapters.litert import dequantize, quantize
 
     detail = {"dtype": np.int8, "quantization": (1 / 255, -128)}
     x = np.linspace(0, 1, 256, dtype=np.float32)
-    q = _quantize(x, detail)
+    q = quantize(x, detail)
     assert q.dtype == np.int8 and q.min() == -128 and q.max() == 127
-    np.testing.assert_allclose(_dequantize(q, detail), x, atol=0.5 / 255 + 1e-7)
+    np.testing.assert_allclose(dequantize(q, detail), x, atol=0.5 / 255 + 1e-7)
 
 
 def test_int8_io_artifact(setup, settled_pose_model, images, parity):
@@ -157,7 +158,22 @@ def test_int8_io_artifact(setup, settled_pose_model, images, parity):
     art = TfliteTarget().export(job("int8", root / "tflite-int8-io", options={"int8_io": True}))
     meta = json.loads(art.metadata_path.read_text())
     assert meta["input"]["dtype"] == "int8" and "scale" in meta["input"]["quantization"]
-    p = parity(TfliteTarget().load(art.path.parent)(images), _torch(settled_pose_model, images))
+    runner = TfliteTarget().load(art.path.parent)
+    assert isinstance(runner, AdapterRunner)  # the device runtime's code, as every other artifact
+    from hrnet_edge_runtime.metadata import load_artifact
+
+    assert load_artifact(art.path.parent).input.dtype == "float32"  # the app feeds floats; the adapter quantizes
+    from hrnet_edge_runtime.errors import ArtifactError
+
+    broken = json.loads(json.dumps(meta))
+    broken["input"]["quantization"] = {"scale": 0.0, "zero_point": 3}
+    art.metadata_path.write_text(json.dumps(broken))
+    try:
+        with pytest.raises(ArtifactError, match="int8 input needs 'input.quantization'"):
+            load_artifact(art.path.parent)
+    finally:
+        art.metadata_path.write_text(json.dumps(meta))
+    p = parity(runner(images), _torch(settled_pose_model, images))
     assert p["corr"] > 0.9 and p["argmax_agreement"] >= 0.3, p
 
 

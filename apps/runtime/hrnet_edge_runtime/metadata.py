@@ -231,8 +231,19 @@ def _input_spec(inp: dict[str, Any], path: Path) -> InputSpec:
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ArtifactError(f"{path}: field 'input.shape' must be 4 positive ints, got {shape!r}")
     dtype, layout = inp["dtype"], inp["layout"]
+    if dtype == "int8":
+        # A quantized input tensor (TFLite's int8-I/O variant): the app feeds float RGB in
+        # 0..1 and the adapter quantizes it with the tensor's own scale and zero point.
+        q = inp.get("quantization")
+        scale = q.get("scale") if isinstance(q, dict) else None
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
+                and isinstance(q.get("zero_point"), int)):
+            raise ArtifactError(f"{path}: an int8 input needs 'input.quantization' with a scale > 0 and an "
+                                f"integer zero_point, got {q!r}")
+        dtype = "float32"
     if dtype not in ("float32", "uint8"):
-        raise ArtifactError(f"{path}: field 'input.dtype' is {dtype!r}; this runtime feeds float32 or uint8")
+        raise ArtifactError(f"{path}: field 'input.dtype' is {dtype!r}; this runtime feeds float32, uint8 "
+                            "or int8 with its quantization")
     image = layout.startswith("image")  # Core ML ImageType: shape written NCHW, fed as HWC pixels
     if image:
         h, w = int(inp.get("height", shape[2])), int(inp.get("width", shape[3]))
