@@ -7,6 +7,7 @@ in a narrow band and hides quantization and layout errors that real scenes expos
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 # The package sets its OpenMP waiting (GOMP_SPINCOUNT) and the venv's extension folder
 # when it is imported, before torch loads: import it first, as the CLI does, so the
@@ -256,3 +257,46 @@ def pose_pipeline_run(tmp_path_factory):
     run = root / "run"
     rc = main(["pipeline", "--config", str(cfg), "--run", str(run), "--no-progress"])
     return run, rc
+
+
+# --- what the tests of apps/ need beyond .venv (scripts/setup_apps.sh) -------------------
+# The README's test command sets HRNET_EDGE_REQUIRE_BROWSER=1: then a missing piece fails
+# the test instead of skipping it.
+APPS_REQUIRED = __import__("os").environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"
+WEB_DIR = Path(__file__).resolve().parents[1] / "apps" / "web"
+
+
+def need_for_apps(ok: bool, why: str) -> None:
+    """Skip (or fail, under the README's test command) when ``ok`` is false."""
+    if not ok:
+        (pytest.fail if APPS_REQUIRED else pytest.skip)(why)
+
+
+@pytest.fixture(scope="session")
+def node_exe() -> str:
+    import shutil
+
+    exe = shutil.which("node")
+    need_for_apps(exe is not None, "node is not installed")
+    return exe
+
+
+def run_page_code(node: str, job: dict):
+    """apps/web/test/decode.mjs on a JSON job: the page's code without a browser."""
+    import json
+    import subprocess
+
+    return subprocess.run([node, str(WEB_DIR / "test" / "decode.mjs")], input=json.dumps(job), text=True,
+                          capture_output=True, timeout=120)
+
+
+def runner_exit2(capsys, argv) -> str:
+    """hrnet-edge-run with ``argv`` must exit 2 with one line on stderr; returns it."""
+    from hrnet_edge_runtime.cli import main as run_cli
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert len(err.splitlines()) == 1, err
+    return err

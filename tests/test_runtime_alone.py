@@ -10,7 +10,6 @@ three results and the official tools' reports on the same artifacts (OpenVINO
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_for_apps
 from hrnet_edge.cli import main
 from hrnet_edge.io import read_json
 from hrnet_edge_runtime.result import validate_result
@@ -27,15 +27,14 @@ pytestmark = pytest.mark.export
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-runtime"
 BIN = VENV / "bin"
-REQUIRED = os.environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"  # set by the README's test command
 ARTIFACTS = ("onnx-fp32", "openvino-int8", "tflite-int8")
 
 
 @pytest.fixture(scope="module")
 def alone() -> Path:
     if not (BIN / "hrnet-edge-run").exists():
-        (pytest.fail if REQUIRED else pytest.skip)(
-            ".venv-runtime is missing: run `bash scripts/setup_apps.sh` (the README's test command does)")
+        need_for_apps(False,
+                      ".venv-runtime is missing: run `bash scripts/setup_apps.sh` (the README's test command does)")
     return BIN
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMPORT_BLOCKER
+from conftest import IMPORT_BLOCKER, runner_exit2
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 pytest.importorskip("pycocotools", reason="pycocotools is not installed")
@@ -73,13 +73,6 @@ def _cli(art: Path, images: Path, labels: Path, out: Path) -> dict:
     return result
 
 
-def _one_line_exit2(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def _same(a: dict, b: dict, keys) -> None:
@@ -454,7 +447,7 @@ def test_bad_labels_are_one_line_and_exit_2(cls, pose, tmp_path, capsys, monkeyp
     def fails(labels, *extra, art=art, images=images) -> str:
         argv = [art, *(["--images", str(images)] if images else []), "--labels", str(labels), *RUN, *extra,
                 "--out", str(out)]
-        err = _one_line_exit2(capsys, argv)
+        err = runner_exit2(capsys, argv)
         assert not out.exists()
         return err
 
@@ -495,11 +488,11 @@ def test_bad_masks_fail_mid_run_with_one_line_and_no_file(seg, tmp_path, capsys)
     arr[0, 0] = 77  # neither a class id (0..18) nor the ignore value
     Image.fromarray(arr).save(first)
     out = tmp_path / "r.json"
-    err = _one_line_exit2(capsys, [str(seg["art"]), "--images", str(seg["images"]), "--labels", str(masks), *RUN,
+    err = runner_exit2(capsys, [str(seg["art"]), "--images", str(seg["images"]), "--labels", str(masks), *RUN,
                                    "--out", str(out)])
     assert "77" in err and first.name in err and not out.exists()
     first.unlink()
-    err = _one_line_exit2(capsys, [str(seg["art"]), "--images", str(seg["images"]), "--labels", str(masks), *RUN,
+    err = runner_exit2(capsys, [str(seg["art"]), "--images", str(seg["images"]), "--labels", str(masks), *RUN,
                                    "--out", str(out)])
     assert "have no mask" in err and first.name in err
 

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMPORT_BLOCKER
+from conftest import IMPORT_BLOCKER, runner_exit2
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
 from hrnet_edge_runtime import errors as rt_errors  # noqa: E402
 from hrnet_edge_runtime.adapters import open_adapter  # noqa: E402
-from hrnet_edge_runtime.cli import main as run_cli  # noqa: E402
 from hrnet_edge_runtime.inputs import image_to_input, list_images, random_input, read_image, resize_rgb  # noqa: E402
 from hrnet_edge_runtime.metadata import load_artifact, sha256_path, verify_sha256  # noqa: E402
 from hrnet_edge_runtime.result import FIELDS, LATENCY_FIELDS, validate_result  # noqa: E402
@@ -114,13 +113,6 @@ def _artifact(exported, name: str) -> Path:
     return exported.get(name)
 
 
-def _one_line_exit2(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 # --- (a), (d), (f): the CLI in a process where torch and the project cannot be imported ----
@@ -260,7 +252,7 @@ def test_sha256_mismatch_is_one_line_exit_2(exported, tmp_path, capsys):
     with open(copy / "model.onnx", "ab") as fh:
         fh.write(b"\0")
     out = tmp_path / "r.json"
-    err = _one_line_exit2(capsys, [str(copy), "--iterations", "2", "--out", str(out)])
+    err = runner_exit2(capsys, [str(copy), "--iterations", "2", "--out", str(out)])
     assert "sha256 mismatch" in err and "model.onnx" in err
     assert not out.exists()
     with pytest.raises(rt_errors.ArtifactError, match="expects"):
@@ -270,10 +262,10 @@ def test_sha256_mismatch_is_one_line_exit_2(exported, tmp_path, capsys):
 def test_unknown_device_lists_the_devices(exported, tmp_path, capsys):
     pytest.importorskip("openvino", reason="openvino is not installed")
     out = tmp_path / "r.json"
-    err = _one_line_exit2(capsys, [str(_artifact(exported, "openvino-fp32")), "--device", "NOSUCH",
+    err = runner_exit2(capsys, [str(_artifact(exported, "openvino-fp32")), "--device", "NOSUCH",
                                    "--out", str(out)])
     assert "'NOSUCH'" in err and "CPU" in err and not out.exists()
-    err = _one_line_exit2(capsys, [str(_artifact(exported, "onnx-fp32")), "--device", "NOSUCH",
+    err = runner_exit2(capsys, [str(_artifact(exported, "onnx-fp32")), "--device", "NOSUCH",
                                    "--out", str(out)])
     assert "CPUExecutionProvider" in err and not out.exists()
 
@@ -282,14 +274,14 @@ def test_unknown_device_lists_the_devices(exported, tmp_path, capsys):
                                   ["--iterations", "ten"], ["--hint", "fastest"], ["--images", "/no/such/dir"]])
 def test_bad_numbers_and_options_exit_2(exported, tmp_path, capsys, argv):
     out = tmp_path / "r.json"
-    _one_line_exit2(capsys, [str(_artifact(exported, "onnx-fp32")), *argv, "--out", str(out)])
+    runner_exit2(capsys, [str(_artifact(exported, "onnx-fp32")), *argv, "--out", str(out)])
     assert not out.exists()
 
 
 def test_missing_or_foreign_folder_exits_2(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert "no such artifact folder" in _one_line_exit2(capsys, [str(tmp_path / "nope"), "--out", str(out)])
-    assert "metadata.json" in _one_line_exit2(capsys, [str(tmp_path), "--out", str(out)])
+    assert "no such artifact folder" in runner_exit2(capsys, [str(tmp_path / "nope"), "--out", str(out)])
+    assert "metadata.json" in runner_exit2(capsys, [str(tmp_path), "--out", str(out)])
     assert not out.exists()
 
 
@@ -319,7 +311,7 @@ def test_coreml_needs_macos(exported, tmp_path, capsys):
     assert art.input.shape == (1, 128, 96, 3) and art.input.image
     with pytest.raises(rt_errors.RuntimeUnavailable, match="needs macOS"):
         open_adapter(art)
-    assert "needs macOS" in _one_line_exit2(capsys, [str(folder), "--out", str(tmp_path / "r.json")])
+    assert "needs macOS" in runner_exit2(capsys, [str(folder), "--out", str(tmp_path / "r.json")])
 
 
 # --- pieces ------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 cv2 = pytest.importorskip("cv2", reason="opencv is not installed")
 
+from conftest import need_for_apps, run_page_code  # noqa: E402
 from hrnet_edge_runtime.adapters import open_adapter  # noqa: E402
 from hrnet_edge_runtime.decode.pose import CROP_PADDING, PoseDecoder, box_to_crop, get_affine_transform  # noqa: E402
 from hrnet_edge_runtime.inputs import pixels_to_input, read_image  # noqa: E402
@@ -49,22 +49,14 @@ pytestmark = pytest.mark.export
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "apps" / "web"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-REQUIRED = os.environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"
-
-
-def _need(ok: bool, why: str) -> None:
-    if not ok:
-        (pytest.fail if REQUIRED else pytest.skip)(why)
 
 
 @pytest.fixture(scope="module")
-def node() -> str:
-    exe = shutil.which("node")
-    _need(exe is not None, "node is not installed")
+def node(node_exe) -> str:
     for pkg in ("onnxruntime-web", "playwright-core"):
-        _need((WEB / "node_modules" / pkg / "package.json").is_file(),
-              f"apps/web/node_modules/{pkg} is missing: run `npm ci` in apps/web (scripts/setup.sh does)")
-    return exe
+        need_for_apps((WEB / "node_modules" / pkg / "package.json").is_file(),
+                      f"apps/web/node_modules/{pkg} is missing: run `npm ci` in apps/web (scripts/setup_apps.sh does)")
+    return node_exe
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +101,6 @@ def python_keypoints(art_dir: Path, rgb: np.ndarray, box) -> np.ndarray:
     return out["keypoints"][0]
 
 
-def _node_decode(node: str, job: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([node, str(WEB / "test" / "decode.mjs")], input=json.dumps(job), text=True,
-                          capture_output=True, timeout=120)
-
-
 def test_page_crop_and_decoder_equal_the_python_runtime(node, artifact, person):
     png, rgb, box = person
     meta = json.loads((artifact / "metadata.json").read_text())
@@ -138,7 +125,7 @@ def test_page_crop_and_decoder_equal_the_python_runtime(node, artifact, person):
     for decoder in ("dark", "quarter"):
         m = json.loads(json.dumps(meta))
         m["output"]["decoding"]["decoder"] = decoder
-        done = _node_decode(node, {"meta": m, "crops": crops, "decodes": decodes})
+        done = run_page_code(node, {"meta": m, "crops": crops, "decodes": decodes})
         assert done.returncode == 0, done.stderr
         got = json.loads(done.stdout)
         for c, (patch, *_rest) in zip(got["crops"], expected):
@@ -159,7 +146,7 @@ def test_page_crop_and_decoder_equal_the_python_runtime(node, artifact, person):
     # A metadata.json the page cannot use is named, not guessed around.
     bad = json.loads(json.dumps(meta))
     bad["output"]["decoding"]["decoder"] = "argmax2"
-    done = _node_decode(node, {"meta": bad, "decodes": []})
+    done = run_page_code(node, {"meta": bad, "decodes": []})
     assert done.returncode != 0 and "output.decoding.decoder" in done.stderr and "dark, quarter" in done.stderr
 
 
@@ -210,7 +197,7 @@ def test_server_serves_its_roots_only(server, node, tmp_path):
 
 
 def test_page_in_chromium_matches_python_on_photo_and_camera(server, node, artifact, person, tmp_path):
-    _need(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/setup.sh does)")
+    need_for_apps(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/setup_apps.sh does)")
     png, rgb, box = person
     video = tmp_path / "camera.y4m"
     _write_y4m(video, rgb)

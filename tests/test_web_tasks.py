@@ -30,8 +30,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -47,35 +45,23 @@ from hrnet_edge_runtime.decode.cls import ClsDecoder  # noqa: E402
 from hrnet_edge_runtime.decode.det import DetDecoder, letterbox_context  # noqa: E402
 from hrnet_edge_runtime.decode.seg import SegDecoder, upsample_logits  # noqa: E402
 from hrnet_edge_runtime.inputs import pixels_to_input, read_image  # noqa: E402
+from conftest import run_page_code  # noqa: E402
 from hrnet_edge_runtime.metadata import load_artifact  # noqa: E402
 
 pytestmark = pytest.mark.export
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "apps" / "web"
-REQUIRED = os.environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"
 SEG_IN, DET_IN, CLS_IN = (64, 128), (96, 128), (64, 64)
 
 
-def _need(ok: bool, why: str) -> None:
-    if not ok:
-        (pytest.fail if REQUIRED else pytest.skip)(why)
-
-
 @pytest.fixture(scope="module")
-def node() -> str:
-    exe = shutil.which("node")
-    _need(exe is not None, "node is not installed")
-    return exe
-
-
-def _node(node: str, job: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([node, str(WEB / "test" / "decode.mjs")], input=json.dumps(job), text=True,
-                          capture_output=True, timeout=120)
+def node(node_exe) -> str:
+    return node_exe
 
 
 def _node_ok(node: str, job: dict) -> dict:
-    done = _node(node, job)
+    done = run_page_code(node, job)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -359,7 +345,7 @@ def test_page_names_the_metadata_it_cannot_use(node, seg_case, det_case, cls_cas
     cases.append(("cls", m, "output.preprocess", "resize the short side to input / R"))
     cases.append(("det", seg, "task", "this is the detection decoder"))
     for task, meta, key, valid in cases:
-        done = _node(node, {"task": task, "meta": meta, "decodes": []})
+        done = run_page_code(node, {"task": task, "meta": meta, "decodes": []})
         assert done.returncode != 0 and f"metadata.json {key} " in done.stderr and valid in done.stderr, done.stderr
-    done = _node(node, {"task": "depth", "meta": seg})
+    done = run_page_code(node, {"task": "depth", "meta": seg})
     assert done.returncode == 2 and "valid: pose, seg, det, cls" in done.stderr

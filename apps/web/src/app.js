@@ -198,12 +198,17 @@ async function processTaskFrame(source) {
 
 const overlay = document.createElement("canvas");
 
-function drawTask(task, result) {
-  const { spec } = state;
+/** The picture of the last result on the view; returns a line width for it (size / per). */
+function paintPicture(per) {
   view.width = kept.width;
   view.height = kept.height;
   ctx.drawImage(kept, 0, 0);
-  const unit = Math.max(2, Math.round(Math.max(kept.width, kept.height) / 240));
+  return Math.max(2, Math.round(Math.max(kept.width, kept.height) / per));
+}
+
+function drawTask(task, result) {
+  const { spec } = state;
+  const unit = paintPicture(240);
   if (task === "seg") {
     overlay.width = kept.width;
     overlay.height = kept.height;
@@ -262,10 +267,7 @@ function fillResults(task, result) {
 
 function draw(result, box) {
   const { spec } = state;
-  view.width = kept.width;
-  view.height = kept.height;
-  ctx.drawImage(kept, 0, 0);
-  const unit = Math.max(2, Math.round(Math.max(kept.width, kept.height) / 160));
+  const unit = paintPicture(160);
   ctx.strokeStyle = "rgba(255,255,255,0.5)";
   ctx.lineWidth = 1;
   ctx.strokeRect(box.x, box.y, box.w, box.h);
