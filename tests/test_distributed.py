@@ -1,5 +1,6 @@
 """Distributed training on CPU: 2 gloo processes with batch B train like 1 process with
-batch 2B, and a killed process ends the job with one clear error."""
+batch 2B, a killed process ends the job with one clear error, ``hrnet-edge train --nproc``
+starts torchrun itself, and QAT runs under torchrun too."""
 from __future__ import annotations
 
 import os
@@ -33,18 +34,27 @@ sync_bn = true
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
 def _torchrun(tmp: Path, name: str, nproc: int, batch: int, per_class: int = 8, epochs: int = 1,
               wait: bool = True, extra: str = ""):
     cfg = tmp / f"{name}.toml"
     cfg.write_text(CONFIG.format(batch=batch, per_class=per_class, epochs=epochs) + extra)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "hrnet_edge.cli", "train", "--config", str(cfg), "--run-dir", str(tmp / name), "--no-progress"]
+    cmd = [*TORCHRUN, f"--nproc-per-node={nproc}", "-m", "hrnet_edge.cli", "train", "--config", str(cfg),
+           "--run-dir", str(tmp / name), "--no-progress"]
+    return _command(tmp, cmd, wait=False) if not wait else (tmp / name, _command(tmp, cmd))
+
+
+def _command(tmp: Path, cmd: list[str], wait: bool = True):
+    """Run ``cmd`` in ``tmp`` with this checkout importable; its output (or the process,
+    without ``wait``). The command must succeed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp / name, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
 
 
 def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
@@ -115,3 +125,62 @@ def test_lr_scaling_rule(n, ref, expected):
     from hrnet_edge.training.distributed import World
 
     assert World(size=n).lr_scale(32, ref) * 1e-3 == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def wrapped_run(tmp_path_factory):
+    """``hrnet-edge train --nproc 2`` (the CLI starts torchrun: 2 gloo processes, batch 4
+    each, one epoch of 16 images, bf16 autocast with the CPU's synchronised BatchNorm) on
+    the tiny run, with a tiny [qat] section; its output and run directory."""
+    tmp = tmp_path_factory.mktemp("wrapped")
+    cfg = tmp / "c.toml"
+    text = CONFIG.format(batch=4, per_class=8, epochs=1).replace("[train]\n", '[train]\nprecision = "bf16"\n')
+    cfg.write_text(text + "[qat]\ncalibration_images = 4\nepochs = 1\nbatch_size = 4\n")
+    out = _command(tmp, [sys.executable, "-m", "hrnet_edge.cli", "train", "--nproc", "2", "--config", str(cfg),
+                         "--run", str(tmp / "run"), "--no-progress"])
+    return out, tmp / "run"
+
+
+def test_train_nproc_through_the_cli_ends_with_a_finished_run(wrapped_run):
+    import math
+
+    from hrnet_edge.runs import open_run, require_trained, training_state
+
+    out, root = wrapped_run
+    assert "[train] 2 processes: torch.distributed.run --standalone --nproc-per-node=2" in out
+    assert out.count("[train] device cpu (") == 1 and ", bf16 autocast, 2 processes" in out  # process 0 logs
+    run, cfg = open_run(root)
+    require_trained(run, cfg)  # RunDirError unless the last checkpoint reached [train] epochs
+    state = training_state(run)
+    assert state["epoch"] == 1 and state["step"] == 2  # 16 images / (2 processes x batch 4)
+    assert [(r["device"], r["precision"], r["processes"]) for r in state["ran_on"]] == [("cpu", "bf16", 2)]
+    assert math.isfinite(state["history"][0]["train_loss"])
+
+
+def test_qat_under_torchrun_gives_a_finished_qat_stage(wrapped_run):
+    """``torchrun -m hrnet_edge.cli qat`` with 2 processes: process 0 alone logs and writes;
+    the stage is finished (metrics.json with the QAT files' hashes), and a second run
+    keeps it, as a one-process qat does."""
+    import math
+
+    from hrnet_edge.deps import available
+    from hrnet_edge.io import read_json
+    from hrnet_edge.pipeline.stages import qat_stale_reason
+    from hrnet_edge.runs import open_run
+
+    if not available("nncf"):
+        pytest.skip("nncf is not installed (pip install 'hrnet-edge[qat]')")
+    _, root = wrapped_run
+    tmp = root.parent
+    qat = [*TORCHRUN, "--nproc-per-node=2", "-m", "hrnet_edge.cli", "qat", "--run-dir", str(root), "--no-progress"]
+    out = _command(tmp, qat)
+    assert out.count("[qat] device cpu (") == 1 and out.count("[qat] INT8 after 1 QAT epoch(s)") == 1, out[-2000:]
+    run, _cfg = open_run(root)
+    assert qat_stale_reason(run) is None  # finished, and its files are the ones it recorded
+    metrics = read_json(run.qat_dir / "metrics.json")
+    assert metrics["ran_on"]["processes"] == 2 and metrics["ran_on"]["precision"] == "fp32"
+    assert len(metrics["history"]) == 1 and math.isfinite(metrics["history"][0]["train_loss"])
+    assert sorted(p.name for p in run.qat_dir.iterdir()) == ["metrics.json", "qat.safetensors", "qat_config.json"]
+    assert sorted(p.name for p in (root / "logs").iterdir()) == ["qat.log", "train.log"]
+    assert "exists; --force to redo" in _command(tmp, qat)  # the same resume rule as one process
+    assert read_json(run.qat_dir / "metrics.json") == metrics

@@ -34,7 +34,8 @@ def _run_args(p: argparse.ArgumentParser, config: bool = False) -> None:
 
 def add_parsers(sub, command) -> None:
     """Add the run-directory subcommands to ``sub``; ``command`` registers handlers."""
-    p = sub.add_parser("train", help="train the run's model in FP32 (resumes if interrupted)")
+    p = sub.add_parser("train", help="train the run's model on [train] device, in [train] precision "
+                                     "(resumes if interrupted)")
     _run_args(p, config=True)
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes on this machine through torchrun (DistributedDataParallel: "
@@ -42,6 +43,9 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("qat", help="NNCF INT8 init + quantization-aware fine-tuning")
     _run_args(p)
     p.add_argument("--force", action="store_true", help="redo QAT even if the run has it")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="fine-tune with N processes on this machine through torchrun, as train --nproc; "
+                        "[qat] batch_size is per process")
     p = sub.add_parser("export", help="export to every target and precision")
     _run_args(p)
     p.add_argument("--targets", nargs="+", help="subset of targets (default: the run config's)")
@@ -86,8 +90,9 @@ def add_parsers(sub, command) -> None:
 
 def _init(args, allow_new: bool):
     """The run directory and its configuration. A new configuration is checked in full
-    (types, ranges, target and precision names) before anything is written; the run
-    directory must be a writable folder; what interrupted writes left is recovered."""
+    (types, ranges, target and precision names, a [train] device and precision this
+    machine can run) before anything is written; the run directory must be a writable
+    folder; what interrupted writes left is recovered."""
     from hrnet_edge.pipeline.stages import check_export_plan
     from hrnet_edge.runconfig import load_run_config
     from hrnet_edge.runs import check_writable, init_run, open_run, tidy_run
@@ -97,6 +102,9 @@ def _init(args, allow_new: bool):
     if allow_new and (getattr(args, "config", None) or model or not (root / "config.json").is_file()):
         cfg = load_run_config(getattr(args, "config", None), model=model)
         check_export_plan(cfg)
+        from hrnet_edge.training.device import resolve
+
+        resolve(cfg.train)  # [train] device and precision this machine can run, before any write
         run = init_run(root, cfg)
     else:
         run, cfg = open_run(root)
@@ -139,8 +147,8 @@ def cmd_train(args) -> int:
     from hrnet_edge.pipeline.stages import stage_train
     from hrnet_edge.training import distributed
 
-    if getattr(args, "nproc", 1) > 1 and not distributed.launched():
-        return _train_torchrun(args)
+    if _wants_torchrun(args):
+        return _torchrun(args, allow_new=True)
     world = distributed.context()  # under torchrun: join the other processes
     if not world.is_main:  # process 0 sets the run directory up; the others only read it
         from hrnet_edge.runs import open_run
@@ -161,33 +169,43 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_torchrun(args) -> int:
-    """``hrnet-edge train --nproc N``: set the run up here (a bad configuration is one
-    line, as without --nproc), then train in N processes through torchrun."""
+def _wants_torchrun(args) -> bool:
+    """Whether this command is to start torchrun (``--nproc`` above 1, outside torchrun)."""
+    from hrnet_edge.errors import HRNetEdgeError
+    from hrnet_edge.training import distributed
+
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise HRNetEdgeError(f"--nproc must be >= 1, got {nproc}")
+    return nproc > 1 and not distributed.launched()
+
+
+def _torchrun(args, allow_new: bool) -> int:
+    """``hrnet-edge train|qat --nproc N``: set the run up here (a bad configuration is one
+    line, as without --nproc), then run the command in N processes through torchrun."""
     import subprocess
     import sys
 
     from hrnet_edge.errors import HRNetEdgeError
 
-    if args.nproc < 1:
-        raise HRNetEdgeError(f"--nproc must be >= 1, got {args.nproc}")
-    run, _cfg = _init(args, allow_new=True)
+    run, _cfg = _init(args, allow_new=allow_new)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "hrnet_edge.cli", "train", "--run-dir", str(run.root)]
-    cmd += [flag for flag, on in (("--no-progress", args.no_progress), ("--verbose", args.verbose)) if on]
-    say(f"[train] {args.nproc} processes: {' '.join(cmd[2:])}")
+           "-m", "hrnet_edge.cli", args.command, "--run-dir", str(run.root)]
+    flags = ("--no-progress", "--verbose", "--force")
+    cmd += [flag for flag in flags if getattr(args, flag[2:].replace("-", "_"), False)]
+    say(f"[{args.command}] {args.nproc} processes: {' '.join(cmd[2:])}")
     rc = subprocess.run(cmd).returncode
     if rc != 0:
+        what, kept = ("training", "every completed epoch") if args.command == "train" else ("QAT", "the trained model")
         raise HRNetEdgeError(
-            f"distributed training stopped: torchrun exited with status {rc} (a process failed or was "
-            f"killed; its error is above). {run.root} keeps every completed epoch: run the same command "
-            "again to resume")
+            f"distributed {what} stopped: torchrun exited with status {rc} (a process failed or was "
+            f"killed; its error is above). {run.root} keeps {kept}: run the same command again to resume")
     return 0
 
 
-def cmd_qat(args) -> int:
-    from hrnet_edge.pipeline.stages import stage_qat
-
+def _qat_plan(args) -> str | None:
+    """Process 0's part of ``qat`` before any work: the run set up and checked; its
+    directory when QAT is to run, None when the run's QAT stands."""
     from hrnet_edge.pipeline.stages import qat_stale_reason
     from hrnet_edge.runs import require_trained
 
@@ -196,12 +214,34 @@ def cmd_qat(args) -> int:
     stale = qat_stale_reason(run)
     if stale is None and not args.force:
         say(f"[qat] {run.qat_dir} exists; --force to redo")
-        return 0
+        return None
     if stale and (run.qat_dir / "metrics.json").is_file():
         say(f"[qat] redoing QAT: {stale}")
+    return str(run.root)
+
+
+def cmd_qat(args) -> int:
+    from hrnet_edge.pipeline.stages import stage_qat
+    from hrnet_edge.runs import open_run
+    from hrnet_edge.training import distributed
+
+    if _wants_torchrun(args):
+        return _torchrun(args, allow_new=False)
+    world = distributed.context()  # under torchrun: join the other processes
+    root = world.from_main(lambda: _qat_plan(args))  # the same decision in every process
+    if root is None:
+        world.close()
+        return 0
+    run, cfg = open_run(root)
+    if not world.is_main:  # process 0 logs and writes; the others fine-tune their slices
+        stage_qat(run, cfg, progress=False)
+        world.close()
+        return 0
     with _run_log(args, run, "qat"):
-        _threads(cfg)
+        if not world.active:  # torchrun sets each process's threads (OMP_NUM_THREADS)
+            _threads(cfg)
         stage_qat(run, cfg, progress=not args.no_progress)
+    world.close()
     return 0
 
 

@@ -22,21 +22,35 @@ Log = Callable[[str], None]
 
 
 def stage_train(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say) -> dict:
-    """FP32 training (resumes from the last checkpoint)."""
+    """Training on [train] device, in [train] precision (resumes from the last checkpoint)."""
     from hrnet_edge.training.loop import train
 
     return train(run, cfg, progress=progress, log=log)
 
 
 def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say) -> dict:
-    """NNCF INT8 initialisation from training images, QAT fine-tuning, evaluation."""
+    """NNCF INT8 initialisation from training images, QAT fine-tuning, evaluation.
+
+    On ``[train] device``, in fp32 (fake quantization simulates int8 rounding of fp32
+    values; ``[train] precision`` applies to float training only). Under torchrun every
+    process calibrates the same images and fine-tunes its slice of each epoch inside
+    DistributedDataParallel (which starts all from process 0's weights and ranges);
+    process 0 evaluates and alone writes the QAT files and ``metrics.json``.
+    """
+    import dataclasses
+
     import torch
     from torch.utils.data import DataLoader
 
+    from hrnet_edge.training.device import resolve
+    from hrnet_edge.training.distributed import context
     from hrnet_edge.training.loop import evaluate_model, load_trained
     from quantization import finetune, quantize_model, save_qat
 
-    task = cfg.task
+    task, world = cfg.task, context()  # one process, or this one of torchrun's
+    place = dataclasses.replace(resolve(cfg.train, world.local_rank), precision="fp32")
+    if not world.is_main:  # only process 0 writes and logs
+        log, progress = (lambda *_a, **_k: None), False
     torch.manual_seed(cfg.train.seed)
     t0 = mark = time.time()
     timings: dict[str, float] = {}
@@ -47,41 +61,59 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
         timings[name], mark = round(now - mark, 1), now
 
     require_trained(run, cfg)
+    log(f"[qat] {place.describe()}" + (f", {world.size} processes" if world.size > 1 else ""))
     # a redo starts by withdrawing the old result: metrics.json is what marks QAT done,
     # so a kill from here on leaves a run without QAT, never the old metrics beside new weights
-    (run.qat_dir / "metrics.json").unlink(missing_ok=True)
+    if world.is_main:
+        (run.qat_dir / "metrics.json").unlink(missing_ok=True)
     model, sha = load_trained(run, cfg)
+    model.to(place.device)
     train_ds, val_ds = task.datasets(run, cfg)
     calib = task.calibration_images(run, cfg, cfg.qat.calibration_images, seed=cfg.data.seed)
     lap("load")
-    fp32 = evaluate_model(model, val_ds, cfg)
+    fp32 = world.from_main(lambda: evaluate_model(model, val_ds, cfg))
     lap("eval_fp32")
     qm = quantize_model(model, calib)
     lap("nncf_quantize")
-    ptq = evaluate_model(qm, val_ds, cfg)
+    ptq = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_ptq")
     m, label = task.metric, task.metric_label
     log(f"[qat] FP32 {label} {fp32[m]:.4f}; INT8 after NNCF init (PTQ) {label} {ptq[m]:.4f}")
     history = []
     if cfg.qat.epochs > 0:
-        loader = DataLoader(train_ds, batch_size=cfg.qat.batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.train.seed))
-        losses = finetune(qm, loader, lambda out, batch: task.loss(out, batch, cfg),
-                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress)
-        history = [{"epoch": i + 1, "train_loss": float(v)} for i, v in enumerate(losses)]
+        pin, sampler = place.device.type == "cuda", None
+        if world.active:  # this process's slice of one shuffled order, reshuffled per epoch
+            sampler = world.sampler(train_ds, cfg.train.seed, 0)
+            loader = DataLoader(train_ds, batch_size=cfg.qat.batch_size, sampler=sampler, drop_last=True,
+                                num_workers=cfg.data.workers, pin_memory=pin)
+        else:
+            loader = DataLoader(train_ds, batch_size=cfg.qat.batch_size, shuffle=True, drop_last=True,
+                                num_workers=cfg.data.workers, pin_memory=pin,
+                                generator=torch.Generator().manual_seed(cfg.train.seed))
+
+        def next_epoch(epoch: int, _loss: float) -> None:
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+
+        losses = finetune(world.wrap(qm, sync_bn=False), loader, lambda out, batch: task.loss(out, batch, cfg),
+                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress, on_epoch_end=next_epoch)
+        history = [{"epoch": i + 1, "train_loss": world.mean(float(v))} for i, v in enumerate(losses)]
     lap("finetune")
-    qat = evaluate_model(qm, val_ds, cfg)
+    qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_qat")
     log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) {label} {qat[m]:.4f}")
-    save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
-    lap("save")
-    kill_point("qat:before-metrics")
-    log("[qat] seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
-              "source_checkpoint_sha256": sha, "qat_sha256": qat_files_sha256(run),
-              "calibration_images": int(len(calib)),
-              "seconds": round(time.time() - t0, 1), "timings_s": timings}
-    write_json(run.qat_dir / "metrics.json", result)
+              "source_checkpoint_sha256": sha}
+    if world.is_main:
+        save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
+        lap("save")
+        kill_point("qat:before-metrics")
+        log("[qat] seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+        result.update(qat_sha256=qat_files_sha256(run), calibration_images=int(len(calib)),
+                      ran_on={**place.record(), "processes": world.size},
+                      seconds=round(time.time() - t0, 1), timings_s=timings)
+        write_json(run.qat_dir / "metrics.json", result)
+    world.barrier()  # every process returns once the QAT files are whole
     return result
 
 

@@ -207,14 +207,18 @@ class Task:
 
 
 def torch_infer(model: nn.Module) -> InferFn:
-    """Wrap a PyTorch model as the numpy-in, numpy-out callable every evaluator takes."""
+    """Wrap a PyTorch model as the numpy-in, numpy-out callable every evaluator takes;
+    it runs in fp32 on the device the model's weights are on (a GPU in training)."""
     import torch
 
     model.eval()
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
 
     @torch.no_grad()
     def infer(x: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        return model(images).float().cpu().numpy()
 
     return infer
 

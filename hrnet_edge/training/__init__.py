@@ -1,1 +1,1 @@
-"""Training: losses, checkpoints, the FP32 loop."""
+"""Training: losses, checkpoints, the loop (fp32 or mixed precision, on a CPU or GPU)."""

@@ -75,13 +75,16 @@ class World:
         return box[0]
 
     def wrap(self, model: nn.Module, sync_bn: bool) -> nn.Module:
-        """``model`` for training: with SyncBatchNorm when asked, inside DDP when there
-        is more than one process (the module itself keeps the weights: save that)."""
+        """``model`` (already on its device) for training: with SyncBatchNorm when
+        asked, inside DDP when there is more than one process (the module itself keeps
+        the weights: save that). DDP starts every process from process 0's weights."""
         if not self.active:
             return model
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
         if sync_bn:
-            convert_sync_bn(model, self.device)
-        ids = [self.device.index] if self.device.type == "cuda" else None
+            convert_sync_bn(model, device)
+        ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def sampler(self, dataset, seed: int, epoch: int):
@@ -103,7 +106,7 @@ _WORLD: World | None = None
 
 def context() -> World:
     """The run's :class:`World`; the first call under torchrun joins the process group
-    (NCCL when CUDA is there, else gloo)."""
+    (NCCL for CUDA tensors and gloo for CPU ones when CUDA is there, else gloo)."""
     global _WORLD
     if _WORLD is not None:
         return _WORLD
@@ -115,7 +118,9 @@ def context() -> World:
     if torch.cuda.is_available():
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        backend = "nccl"
+        # NCCL for CUDA tensors (DDP on GPUs), gloo for CPU ones: the metrics and
+        # objects sent between processes, and a model on a CPU ([train] device = "cpu")
+        backend = "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
@@ -128,13 +133,16 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of every process's batch together,
     on CPUs (torch's SyncBatchNorm runs on GPUs only). Two passes, each one differentiable
     all-reduce: the mean, then the variance around it, as a one-process BatchNorm over the
-    whole batch computes them. Eval mode is plain BatchNorm."""
+    whole batch computes them, in fp32 whatever autocast gave it (a bf16 sum over a batch
+    would lose the statistics, and bf16 counts only up to 256 exactly). Eval mode is
+    plain BatchNorm."""
 
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
+        dtype, x = x.dtype, x.float()
         c, group = x.shape[1], _bn_group()
         count = torch.tensor([x.numel() // c], dtype=x.dtype)
         total = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]), group=group)
@@ -148,7 +156,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
             self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
             self.num_batches_tracked += 1
         y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
-        return y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return (y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)).to(dtype)
 
 
 _BN_GROUP = None

@@ -1,4 +1,10 @@
-"""The FP32 training loop: seeded, resumable, with progress and per-epoch metrics."""
+"""The training loop: seeded, resumable, with progress and per-epoch metrics.
+
+The model and its batches live on ``[train] device`` and the forward pass runs in
+``[train] precision`` (:mod:`hrnet_edge.training.device`); the weights, the loss and
+the checkpoints stay fp32, and checkpoints are written from CPU copies, so a run
+resumes on any device.
+"""
 from __future__ import annotations
 
 import csv
@@ -49,20 +55,25 @@ def make_optimizer(model, cfg: RunConfig):
 
 
 def evaluate_model(model, val_ds, cfg: RunConfig, batch_size: int = 32, progress: bool = False) -> dict:
-    """The task's metrics of a PyTorch model on the validation set."""
+    """The task's metrics of a PyTorch model on the validation set, computed in fp32 on
+    the device the model is on."""
     from hrnet_edge.tasks import torch_infer
 
     return cfg.task.evaluate(torch_infer(model), val_ds, cfg, batch_size=batch_size, progress=progress).metrics
 
 
-def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int, world=None) -> DataLoader:
+def _loader(ds, cfg: RunConfig, shuffle: bool, epoch: int, world=None, pin_memory: bool = False) -> DataLoader:
+    """The batches of one epoch; under torchrun (``world`` active) this process's slice
+    of one shuffled order (the same order for the same seed and epoch)."""
+    batch_size = cfg.train.batch_size
     if world is not None and world.active and shuffle:  # torchrun: this process's slice
-        return DataLoader(ds, batch_size=cfg.train.batch_size, sampler=world.sampler(ds, cfg.train.seed, epoch),
-                          drop_last=True, num_workers=cfg.data.workers, worker_init_fn=_seed_worker)
+        return DataLoader(ds, batch_size=batch_size, sampler=world.sampler(ds, cfg.train.seed, epoch),
+                          drop_last=True, num_workers=cfg.data.workers, worker_init_fn=_seed_worker,
+                          pin_memory=pin_memory)
     g = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
-    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=shuffle, drop_last=shuffle,
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
                       num_workers=cfg.data.workers, generator=g,
-                      worker_init_fn=_seed_worker, persistent_workers=False)
+                      worker_init_fn=_seed_worker, persistent_workers=False, pin_memory=pin_memory)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -71,15 +82,20 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict[str, Any]:
-    """Train the run's model in FP32, resuming from ``checkpoints/last`` if present.
+    """Train the run's model, resuming from ``checkpoints/last`` if present.
 
-    Returns the final state (epoch, best metric, history).
+    Returns the final state (epoch, best metric, history, ``ran_on``: the device,
+    its name, the precision and the processes of each session from the epoch it began).
     """
+    from hrnet_edge.training.device import resolve
     from hrnet_edge.training.distributed import context
 
     task, world = cfg.task, context()  # one process, or this one of torchrun's
+    place = resolve(cfg.train, world.local_rank)  # a device this machine lacks: ConfigError
     if not world.is_main:  # only process 0 writes and logs
         log, progress = (lambda *_a, **_k: None), False
+    log(f"[train] {place.describe()}" + (f", {world.size} processes" if world.size > 1 else "")
+        + (", channels-last" if cfg.train.channels_last else ""))
     if cfg.recorded:
         log(f"[train] recorded only, not applied: {', '.join(f'{k}={v}' for k, v in cfg.recorded.items())}")
     torch.manual_seed(cfg.train.seed)
@@ -99,14 +115,24 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
         log(f"[train] initialised {report.summary()}")
         for note in report.notes:
             log(f"[train] note: {note}")
-    opt = make_optimizer(model, cfg)
-    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0}
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": [], "step": 0, "ran_on": []}
     last = run.checkpoints / "last.safetensors"
-    if last.is_file():  # weights and state are one file (see training/checkpoint.py)
-        state = load_model_weights(model, last)
-        load_optimizer_state(opt, last, state)
-        state = {k: state[k] for k in ("epoch", "best", "history", "step")}
+    saved = load_model_weights(model, last) if last.is_file() else None  # CPU tensors into the CPU model
+    model.to(place.device)
+    if cfg.train.channels_last:  # checkpoints are written contiguous (training/checkpoint.py)
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)  # after the move: its state lives beside the weights
+    scaler = place.grad_scaler()
+    if saved is not None:  # weights and state are one file (see training/checkpoint.py)
+        load_optimizer_state(opt, last, saved)  # torch moves the state to each parameter's device
+        if saved.get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(saved["grad_scaler"])
+        state = {k: saved[k] for k in ("epoch", "best", "history", "step")}
+        state["ran_on"] = list(saved.get("ran_on", []))
         log(f"[train] resuming from epoch {state['epoch']} (best {task.metric} {state['best']:.4f})")
+    here = {**place.record(), "processes": world.size}
+    if not state["ran_on"] or {k: v for k, v in state["ran_on"][-1].items() if k != "from_epoch"} != here:
+        state["ran_on"].append({"from_epoch": state["epoch"], **here})
     net = world.wrap(model, cfg.train.sync_bn)  # DDP under torchrun; `model` keeps the weights
     steps_per_epoch = len(train_ds) // (cfg.train.batch_size * world.size)
     if steps_per_epoch == 0:
@@ -121,20 +147,23 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
         t0 = time.time()
         if hasattr(train_ds, "set_epoch"):  # augmentation drawn per epoch, reproducibly
             train_ds.set_epoch(epoch)
-        loss = _train_epoch(net, opt, _loader(train_ds, cfg, True, epoch, world), state, sched,
-                            cfg, progress, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
+        loader = _loader(train_ds, cfg, True, epoch, world, pin_memory=place.device.type == "cuda")
+        loss = _train_epoch(net, opt, loader, state, sched, cfg, progress,
+                            desc=f"epoch {epoch + 1}/{cfg.train.epochs}", place=place, scaler=scaler)
         loss = world.mean(loss)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss}
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             row.update(world.from_main(lambda: evaluate_model(model, val_ds, cfg, batch_size=64)))
         row["seconds"] = round(time.time() - t0, 1)
         state["epoch"] = epoch + 1
+        if scaler.is_enabled():  # fp16's loss scale resumes where it was
+            state["grad_scaler"] = scaler.state_dict()
         state["history"].append(row)
         is_best = row.get(task.metric, -1.0) > state["best"]
         kill_point("train:after-epoch")
         if is_best:
             state["best"] = row[task.metric]
-            best_state = {k: v for k, v in state.items() if k in ("epoch", "best", "step")}
+            best_state = {k: v for k, v in state.items() if k in ("epoch", "best", "step", "ran_on")}
             if world.is_main:
                 save_checkpoint(run.checkpoints / "best.safetensors", model, {**best_state, "metrics": row})
         kill_point("train:between-best-and-last")
@@ -148,10 +177,17 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
     return state
 
 
-def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc) -> float:
+def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc, place=None, scaler=None) -> float:
+    """One pass over ``loader``: batches moved to the model's device, the forward pass in
+    ``place``'s precision, the loss in fp32 (fp16: scaled by ``scaler``)."""
     from tqdm import tqdm
 
     from hrnet_edge.console import bar_stream
+    from hrnet_edge.training.device import Placement, as_float, to_device
+
+    if place is None:  # the plain fp32 step on the CPU
+        place = Placement(torch.device("cpu"), "fp32", "cpu")
+    scaler = scaler or place.grad_scaler()
 
     task, t = cfg.task, cfg.train
     model.train()
@@ -161,10 +197,17 @@ def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc) -> float
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], sched["total"], sched["warmup"], sched.get("lr", t.lr), t.schedule,
                             t.poly_power, t.milestones, sched["steps_per_epoch"])
-        loss = task.loss(model(task.inputs(batch)), batch, cfg)
+        batch = to_device(batch, place.device)
+        images = task.inputs(batch)
+        if t.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with place.autocast():
+            outputs = model(images)
+        loss = task.loss(as_float(outputs), batch, cfg)  # outside autocast: fp32
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         state["step"] += 1
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.2e}")
