@@ -23,6 +23,12 @@ import pytest
 
 AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 ROOT = Path(__file__).resolve().parents[1]
+# Left out of the capped rerun: float and uint8 TFLite and float ExecuTorch run on
+# XNNPACK (LiteRT's and ExecuTorch's), which picks its kernels from the CPU itself and
+# ignores both caps, so those cases repeat the native run at the cost of their exports
+# (about a minute). ExecuTorch's INT8 stays: its calibration runs in PyTorch.
+SKIP_UNDER_CAP = ("not (test_uint8_artifact_matches_the_float_input_int8 and tflite) "
+                  "and not (test_float_exports_of_the_head_match_pytorch and (tflite or executorch))")
 # oneDNN prints its ISA ("isa:Intel AVX2 ...") when its verbose mode is on at start.
 PROBE = ("import torch\n"
          "print('ATEN', torch.backends.cpu.get_cpu_capability(), flush=True)\n"
@@ -47,7 +53,7 @@ def test_numerics_tests_hold_under_avx2_cap():
     assert capped_aten == "AVX2" and "AVX2" in capped_isa and "512" not in capped_isa, capped_isa
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | AVX2_CAP
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "numerics", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-m", "numerics", "-k", SKIP_UNDER_CAP, "-q", "-p", "no:cacheprovider",
          "-W", "ignore::pytest.PytestUnraisableExceptionWarning", "tests"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = proc.stdout[-3000:] + proc.stderr[-1500:]
