@@ -41,6 +41,10 @@ def test_defaults_and_the_papers_recipes():
     for name in recipes.names():
         raw = tomllib.loads(recipes.recipe_text(name))["train"]
         assert (raw["device"], raw["precision"]) == ("auto", "auto"), name
+    for task in ("pose", "seg", "det", "cls"):  # the built-in `recipe = "paper"` of every task too
+        cfg = run_config_from_dict({"model": f"hrnet_w8_{task}", "recipe": "paper"})
+        quick = run_config_from_dict({"model": f"hrnet_w8_{task}"})
+        assert (cfg.train.precision, quick.train.precision) == ("auto", "fp32"), task
 
 
 @pytest.mark.parametrize("train,message", [

@@ -65,7 +65,7 @@ class ClsTask(Task):
         # x0.1 at epochs 30, 60, 90, 100 epochs, wd 1e-4, 224x224 (set input_size)
         "paper": {"epochs": 100, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4, "optimizer": "sgd",
                   "momentum": 0.9, "schedule": "step", "milestones": (30, 60, 90), "label_smoothing": 0.0,
-                  "warmup_epochs": 0},
+                  "warmup_epochs": 0, "precision": "auto"},
     }
     # NNCF's init costs 4.8 points of top-1 on the default run (0.794 -> 0.746); Adam at
     # the default 1e-5 for one epoch won back 3 of them (0.776), at 1e-4 for two epochs

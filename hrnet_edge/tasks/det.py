@@ -97,7 +97,8 @@ class DetTask(Task):
         # wd 1e-4, batch 16 (8 GPUs x 2), 24 epochs, x0.1 at 16 and 22, 800x1333 inputs.
         # This head is anchor-free (FCOS-style) rather than Faster R-CNN's two stages.
         "paper": {"epochs": 24, "batch_size": 16, "lr": 0.02, "weight_decay": 1e-4, "optimizer": "sgd",
-                  "momentum": 0.9, "schedule": "step", "milestones": (16, 22), "warmup_epochs": 1},
+                  "momentum": 0.9, "schedule": "step", "milestones": (16, 22), "warmup_epochs": 1,
+                  "precision": "auto"},
     }
     thresholds = DET_THRESHOLDS
     # Measured on the 14-epoch 128x128 model (FP32 box AP 0.2428): NNCF's init 0.1445;

@@ -70,7 +70,8 @@ class PoseTask(Task):
         # HRNet pose on COCO (Sun et al. 2019): Adam, lr 1e-3, x0.1 at epochs 170 and 200,
         # 210 epochs, 32 images per GPU on 4 GPUs, input 256x192 (set it in model_overrides)
         "paper": {"epochs": 210, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adamw",
-                  "schedule": "step", "milestones": (170, 200), "warmup_epochs": 0},
+                  "schedule": "step", "milestones": (170, 200), "warmup_epochs": 0,
+                  "precision": "auto"},
     }
     # Heatmaps lie in about 0..1, so max |error| over their range is what the absolute
     # thresholds of the first pose runs were. Keypoint agreement: decoded keypoints

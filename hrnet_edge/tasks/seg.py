@@ -69,7 +69,8 @@ class SegTask(Task):
         # HRNetV2 on Cityscapes (Wang et al. 2020): SGD momentum 0.9, lr 0.01, wd 5e-4,
         # poly 0.9, batch 12 (4 GPUs), 484 epochs; crop 512x1024 (set input_size)
         "paper": {"epochs": 484, "batch_size": 12, "lr": 0.01, "weight_decay": 5e-4, "optimizer": "sgd",
-                  "momentum": 0.9, "schedule": "poly", "poly_power": 0.9, "warmup_epochs": 0},
+                  "momentum": 0.9, "schedule": "poly", "poly_power": 0.9, "warmup_epochs": 0,
+                  "precision": "auto"},
     }
     # Relative to the logits' own range. Pixel agreement: share of pixels whose argmax
     # is the reference's; pixels on class borders flip first under reduced precision.
