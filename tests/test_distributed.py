@@ -60,12 +60,15 @@ def _command(tmp: Path, cmd: list[str], wait: bool = True):
 def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     """16 images, one epoch: 2 processes x batch 4 (SyncBatchNorm) against 1 process x
     batch 8, both launched by torchrun with the same seed and initial weights. Tolerance:
-    the epoch's loss and every weight within 5e-4 absolute, BatchNorm running statistics
-    within 1 % of their size. The first step agrees to float
-    rounding (weights 6e-8 after it); the gradient all-reduce and the synchronised
-    BatchNorm statistics round differently from one process, and BatchNorm over the 2x2
-    maps of the lowest branch amplifies that in the second step (measured: loss 1e-4,
-    weights 3e-5 to 1e-4, running variances up to 2e-3 of their size)."""
+    the epoch's loss within 5e-4 absolute, every weight within 1e-3 (a step at lr 5e-3
+    moves a weight by up to about 5e-3: a missing all-reduce or a wrong slice shows
+    there), BatchNorm running statistics within 1 % of their size. The first step agrees
+    to float rounding (weights 6e-8 after it); the gradient all-reduce and the
+    synchronised BatchNorm statistics round differently from one process, and BatchNorm
+    over the 2x2 maps of the lowest branch amplifies that in the second step (measured in
+    NCHW order: loss 1e-4, weights 3e-5 to 1e-4, running variances up to 2e-3 of their
+    size; with the default channels-last kernels, which sum in another order for batch 4
+    than for 8: weights up to 5.2e-4)."""
     import csv
 
     import torch
@@ -89,7 +92,7 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path):
     diff = {k: (a[k].float() - b[k].float()).abs().max().item() for k in keys}
     params = [k for k in keys if not k.endswith(("running_mean", "running_var"))]
     worst = max(params, key=diff.get)
-    assert diff[worst] <= 5e-4, worst
+    assert diff[worst] <= 1e-3, (worst, diff[worst])
     # the BN running statistics (values up to ~5) within 1 % of their size
     for k in set(keys) - set(params):
         assert diff[k] <= 1e-2 * max(1.0, b[k].abs().max().item()), k
