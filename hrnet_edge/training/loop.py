@@ -177,17 +177,13 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
     return state
 
 
-def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc, place=None, scaler=None) -> float:
+def _train_epoch(model, opt, loader, state, sched, cfg, progress, desc, place, scaler) -> float:
     """One pass over ``loader``: batches moved to the model's device, the forward pass in
     ``place``'s precision, the loss in fp32 (fp16: scaled by ``scaler``)."""
     from tqdm import tqdm
 
     from hrnet_edge.console import bar_stream
-    from hrnet_edge.training.device import Placement, as_float, to_device
-
-    if place is None:  # the plain fp32 step on the CPU
-        place = Placement(torch.device("cpu"), "fp32", "cpu")
-    scaler = scaler or place.grad_scaler()
+    from hrnet_edge.training.device import as_float, to_device
 
     task, t = cfg.task, cfg.train
     model.train()
