@@ -51,6 +51,30 @@ def test_nms_ties_keep_lower_index():
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
 
 
+def _greedy_one_at_a_time(boxes, scores, thr):
+    """NMS as its definition reads: take the best left, drop what overlaps it > thr."""
+    order = list(np.argsort(-np.asarray(scores, np.float64), kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        order = [j for j in order if box_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] <= thr]
+    return keep
+
+
+def test_nms_across_block_boundaries_matches_the_definition():
+    from hrnet_edge_runtime.decode.nms import NMS_BLOCK
+
+    rng = np.random.default_rng(3)
+    for n, thr in ((NMS_BLOCK + 90, 0.5), (2 * NMS_BLOCK + 1, 0.3), (NMS_BLOCK, 0.0)):
+        xy = rng.uniform(0, 96, (n, 2))
+        boxes = np.round(np.concatenate([xy, xy + rng.uniform(2, 30, (n, 2))], 1) / 2) * 2  # IoU ties
+        scores = np.round(rng.random(n) * 8) / 8  # score ties
+        kept = nms(boxes.astype(np.float32), scores, thr).tolist()
+        assert kept == _greedy_one_at_a_time(boxes.astype(np.float32), scores, thr)
+        assert 1 < len(kept) < n  # something kept, something suppressed
+
+
 def test_batched_nms_never_crosses_classes():
     same = np.array([[0, 0, 1, 1]] * 3, np.float32)
     # classes 0, 1, 0: box 2 is suppressed by box 0 only; box 1 is another class

@@ -6,7 +6,9 @@ decoded predictions, the task metric and its drop, host latency at a fixed threa
 count (warm-up, then timed runs, p50/p90) and the process's peak memory. Each artifact
 is checked in its own process (``python -m hrnet_edge.pipeline.checking RUN TARGET
 PRECISION``) so its peak memory is its own and a crashing runtime cannot take the whole
-check down.
+check down. Two such processes run at once; each times its artifact alone
+(:mod:`hrnet_edge.pipeline.cpu_share`). The heavy imports wait inside the functions, so
+a process starting beside a measurement does not disturb it before taking its lock.
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converters.base import quantized_as
-from converters.check import (artifact_files, artifact_hash, inspection, measure_latency,
-                              peak_rss_mb, rss_mb, runtime_facts)
 from hrnet_edge.io import read_json, size_bytes, write_json
-from hrnet_edge.pipeline import references
+from hrnet_edge.pipeline import cpu_share
 
 
 def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any]:
     """Check one exported artifact (or a PyTorch reference: target ``pytorch``)."""
+    from converters.base import quantized_as
+    from converters.check import (artifact_files, artifact_hash, inspection, measure_latency,
+                                  peak_rss_mb, rss_mb, runtime_facts)
+    from hrnet_edge.pipeline import references
     from hrnet_edge.runs import open_run
 
     run, cfg = open_run(run_root)
@@ -80,7 +83,9 @@ def check_artifact(run_root: Path, target: str, precision: str) -> dict[str, Any
         # NNCF's model simulates INT8 in float (fake quantization, ~10x slower than FP32):
         # its time says nothing about an INT8 runtime, so a few runs suffice
         warmup, iterations = min(warmup, 2), min(iterations, 10)
-    row["latency"] = measure_latency(runner, ctx.latency_input(), warmup, iterations)
+    latency_input = ctx.latency_input()
+    with cpu_share.alone():  # timed while no other check process works
+        row["latency"] = measure_latency(runner, latency_input, warmup, iterations)
     row["latency"]["threads"] = cfg.check.threads
     runtime = runtime_facts(runner)
     if runtime:
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = RunDir(run_root).check_path(target, precision)
     try:
-        row = check_artifact(run_root, target, precision)
+        with cpu_share.working(out.parent):
+            row = check_artifact(run_root, target, precision)
     except Exception as exc:  # recorded in the report as an error row, never lost
         row = {"target": target, "precision": precision, "status": "error",
                "reason": f"{type(exc).__name__}: {exc}"}

@@ -339,7 +339,8 @@ def export_stale_reason(factory, out_dir: Path, precision: str) -> str | None:
 
 
 def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say) -> list[dict]:
-    """Check every exported artifact (and the PyTorch references) in its own process.
+    """Check every exported artifact (and the PyTorch references) in its own process,
+    two processes at a time (:mod:`hrnet_edge.pipeline.cpu_share`).
 
     An artifact whose files differ from the sha256 in its metadata.json is a failed row
     at once (never run, never an old row); a saved row is reused only while the
@@ -361,10 +362,30 @@ def stage_check(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say
             rows.append({**er, "status": er["status"], "reason": er.get("reason", "")})
             continue
         pairs.append((er["target"], er["precision"]))
-    for target, precision in pairs:
-        rows.append(_check_one(run, target, precision, force, log))
-        kill_point(f"check:after-{target}-{precision}")
-    return rows
+    # The references first: every artifact's check compares with their saved outputs.
+    refs = [p for p in pairs if p[0] == "pytorch"]
+    done = _check_many(run, refs, force, log)
+    done.update(_check_many(run, [p for p in pairs if p[0] != "pytorch"], force, log))
+    return rows + [done[p] for p in pairs]
+
+
+def _check_many(run: RunDir, pairs: list[tuple[str, str]], force: bool, log: Log) -> dict:
+    """Check ``pairs``, :func:`cpu_share.parallel_checks` processes at a time (each times
+    its artifact alone); rows are logged in the order they finish."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from hrnet_edge.pipeline.cpu_share import parallel_checks
+
+    done: dict[tuple[str, str], dict] = {}
+    with ThreadPoolExecutor(max_workers=parallel_checks()) as pool:
+        pending = {pool.submit(_check_one, run, t, p, force, log): (t, p) for t, p in pairs}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                target, precision = pending.pop(fut)
+                done[(target, precision)] = fut.result()
+                kill_point(f"check:after-{target}-{precision}")
+    return done
 
 
 def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) -> dict:

@@ -22,22 +22,36 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+# Boxes per block of the IoU matrix in :func:`nms` (a 256 x n float64 block at a time).
+NMS_BLOCK = 256
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS: highest score first, drop boxes with IoU > threshold to a kept one.
 
     Ties in score are broken by the lower index (a stable sort).
+
+    The IoU of each box (in score order) with the boxes after it is computed a block of
+    rows at a time by :func:`box_iou`, the same values the one-box-at-a-time greedy loop
+    would compare, so the decisions are that loop's; only the bookkeeping is cheaper.
 
     Returns:
         int64 indices of the kept boxes, in descending score.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    ranked = boxes[order]
+    n = len(order)
+    suppressed = np.zeros(n, bool)
     keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
+    for start in range(0, n, NMS_BLOCK):
+        stop = min(n, start + NMS_BLOCK)
+        over = box_iou(ranked[start:stop], ranked[start:]) > iou_threshold  # (block, n - start)
+        for k in range(start, stop):
+            if suppressed[k]:
+                continue
+            keep.append(order[k])
+            suppressed[k + 1:] |= over[k - start, k + 1 - start:]
     return np.asarray(keep, np.int64)
 
 
