@@ -189,6 +189,38 @@ def test_train_flip_mirrors_exactly(hand):
     assert seen == {True, False}
 
 
+def test_images_kept_in_memory_give_the_same_items(hand):
+    ann, img_dir, _, rgb = hand
+    kw = dict(input_size=(48, 64), train=True, scale_range=(0.5, 2.0), seed=3)
+    files, memory = CocoInstances(ann, img_dir, **kw), CocoInstances(ann, img_dir, **kw)
+    need = 20 * 40 * 3 + 40 * 20 * 3 + 30 * 30 * 3
+    assert memory.keep_in_memory(need - 1) == 0 and memory._decoded is None  # too large: nothing kept
+    assert memory.keep_in_memory(need) == need
+    (img_dir / "a.png").unlink()  # from now on only the memory has it
+    np.testing.assert_array_equal(memory.read_image(0), rgb["a"])
+    assert not memory.read_image(0).flags.writeable  # no caller can change what the next one reads
+    with pytest.raises(DataError, match="a.png"):
+        files.read_image(0)
+    _png(img_dir / "a.png", 20, 40, 0)
+    for epoch in (0, 3):
+        files.set_epoch(epoch)
+        memory.set_epoch(epoch)
+        for i in range(len(files)):
+            for x, y in zip(files[i], memory[i]):
+                np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(files.stack_images(), memory.stack_images())
+
+
+def test_keep_decoded_shares_one_budget_between_the_splits(hand):
+    from hrnet_edge.training.loop import keep_decoded
+
+    ann, img_dir, _, _ = hand
+    a, b = CocoInstances(ann, img_dir), CocoInstances(ann, img_dir)
+    one = 20 * 40 * 3 * 2 + 30 * 30 * 3
+    assert keep_decoded((a, b, object()), max_bytes=one + 100) == one  # b does not fit in what is left
+    assert a._decoded is not None and b._decoded is None
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("det") / "synthetic"

@@ -243,3 +243,33 @@ def test_cuda_training_and_resume_onto_the_cpu(tiny_runs):
         cpu = model.eval()(x)
         gpu = model.cuda()(x.cuda()).cpu()
     assert torch.allclose(cpu, gpu, atol=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_multi_tensor_optimizer_step_equals_the_per_tensor_loop(optimizer):
+    """make_optimizer uses foreach=True for speed; on the CPU that must be the very same
+    update as torch's per-tensor loop (bit for bit), so no figure moves with it."""
+    import copy
+
+    from hrnet_edge import create_model
+    from hrnet_edge.training.loop import make_optimizer
+
+    cfg = run_config_from_dict({"model": "hrnet_w8_det", "train": {"optimizer": optimizer, "lr": 1e-2},
+                                "model_overrides": {"num_outputs": 3, "input_size": [64, 64]}})
+    torch.manual_seed(0)
+    fast = create_model(cfg.model, **cfg.model_overrides)
+    slow = copy.deepcopy(fast)
+    opt_fast = make_optimizer(fast, cfg)
+    assert all(g["foreach"] for g in opt_fast.param_groups)
+    t = cfg.train
+    opt_slow = (torch.optim.SGD(slow.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                nesterov=t.nesterov, foreach=False) if optimizer == "sgd" else
+                torch.optim.AdamW(slow.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=False))
+    x = torch.rand(2, 3, 64, 64)
+    for _ in range(3):
+        for model, opt in ((fast, opt_fast), (slow, opt_slow)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+        assert torch.equal(a, b), name

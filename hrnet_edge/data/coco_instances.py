@@ -164,6 +164,7 @@ class CocoInstances:
         self._check_files()
         self._sizes: dict[int, tuple[int, int]] = {}
         self._coco = None
+        self._decoded: list[np.ndarray] | None = None  # see keep_in_memory
 
     def _check_config(self, input_size, scale_range, max_objects, seed) -> None:
         if len(input_size) != 2 or min(int(v) for v in input_size) < 1:
@@ -232,13 +233,42 @@ class CocoInstances:
         """File of item ``i``."""
         return self.image_dir / self.images[self.image_ids[i]]["file_name"]
 
+    def keep_in_memory(self, max_bytes: int) -> int:
+        """Decode every image now and serve later reads from memory, when the decoded
+        pixels fit in ``max_bytes``.
+
+        Training reads each image once per epoch; decoding is most of a training item's
+        cost, and on a small machine the loader's decoding competes with the training
+        step for the cores. The kept arrays are read-only, and DataLoader workers forked
+        afterwards share them.
+
+        Returns:
+            The bytes kept, or 0 when the split is larger than ``max_bytes`` (nothing
+            is decoded then; reads go to the files as before).
+
+        Raises:
+            DataError: an image cannot be decoded (as :meth:`read_image`).
+        """
+        need = sum(h * w * 3 for h, w in (self._orig_hw(i) for i in range(len(self))))
+        if need > max_bytes:
+            return 0
+        self._decoded = None
+        images = [self.read_image(i) for i in range(len(self))]
+        for img in images:
+            img.setflags(write=False)
+        self._decoded = images
+        return need
+
     def read_image(self, i: int) -> np.ndarray:
-        """Image of item ``i`` as uint8 HxWx3 RGB at its original size.
+        """Image of item ``i`` as uint8 HxWx3 RGB at its original size (read-only when
+        :meth:`keep_in_memory` holds it).
 
         Raises:
             DataError: the file is missing or corrupt, or its size differs from the
                 ``width``/``height`` the annotation file gives.
         """
+        if self._decoded is not None:
+            return self._decoded[i]
         img = decode_image(self.path(i))
         im = self.images[self.image_ids[i]]
         want = (im.get("height", img.shape[0]), im.get("width", img.shape[1]))

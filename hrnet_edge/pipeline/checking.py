@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from hrnet_edge.runs import RunDir
 
     out = RunDir(run_root).check_path(target, precision)
+    cpu_share.hold_for_life(out.parent)  # first: nothing of this process runs into a measurement
     try:
-        with cpu_share.working(out.parent):
-            row = check_artifact(run_root, target, precision)
+        row = check_artifact(run_root, target, precision)
     except Exception as exc:  # recorded in the report as an error row, never lost
         row = {"target": target, "precision": precision, "status": "error",
                "reason": f"{type(exc).__name__}: {exc}"}

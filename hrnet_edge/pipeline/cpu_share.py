@@ -4,9 +4,19 @@ Most of a check is not latency: starting Python, importing a runtime, loading th
 artifact, running and decoding the validation images, COCOeval. Much of that is
 single-threaded, so two checks overlap well on two cores. The timed runs must not
 overlap with anything, so every check process holds a shared lock on
-``checks/.cpu.lock`` while it works and trades it for an exclusive one while it times
-its artifact: the other process's work waits (at its next lock) while latency is
-measured, and a measurement waits until no other process is working.
+``checks/.cpu.lock`` from its start to its exit and trades it for an exclusive one while
+it times its artifact:
+
+* the other check process's work waits (at its next lock) while latency is measured,
+  and a measurement waits until no other check process is working;
+* a process keeps its shared lock through its exit (the kernel drops it when the
+  process is gone), so the runtime teardown of a finished check is not timed into
+  the next one's latency;
+* the stage holds a shared lock itself while it starts a check process, until the
+  child has its own (:func:`starting`), so a child's start-up (Python, imports) never
+  runs during a measurement either;
+* after taking the exclusive lock, a measurement waits :data:`SETTLE_SECONDS` for the
+  thread pools of a process that has just stopped working to stop spinning.
 
 The lock is advisory and per run directory. Where ``fcntl`` is missing (Windows) the
 stage runs one check process at a time and the locks do nothing.
@@ -14,6 +24,8 @@ stage runs one check process at a time and the locks do nothing.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -24,37 +36,83 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 LOCK_NAME = ".cpu.lock"
+ENV = "HRNET_EDGE_CHECK_PROCESSES"
+READY_FD_ENV = "HRNET_EDGE_CHECK_READY_FD"
+SETTLE_SECONDS = 0.05
 _held: dict[str, int] = {}  # this process's lock: {"fd": file descriptor}
 
 
 def parallel_checks() -> int:
-    """How many check processes the check stage runs at once."""
-    return 2 if fcntl is not None and (os.cpu_count() or 1) >= 2 else 1
+    """How many check processes the check stage runs at once: 2 where flock exists and
+    the machine has 2 cores or more; ``$HRNET_EDGE_CHECK_PROCESSES=1`` makes it one."""
+    if fcntl is None or (os.cpu_count() or 1) < 2:
+        return 1
+    return 1 if os.environ.get(ENV, "").strip() == "1" else 2
 
 
-@contextmanager
-def working(checks_dir: Path) -> Iterator[None]:
-    """Hold the shared lock of ``checks_dir`` for the body (one check process's work)."""
-    if fcntl is None:
-        yield
-        return
+def _open_shared(checks_dir: Path) -> int:
     checks_dir = Path(checks_dir)
     checks_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(checks_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def hold_for_life(checks_dir: Path) -> None:
+    """A check process: take the shared lock of ``checks_dir`` until this process exits,
+    then tell the stage (:func:`starting`) that it may let measurements go on."""
+    if fcntl is None or "fd" in _held:
+        return
+    _held["fd"] = _open_shared(checks_dir)  # never closed: released by the exit itself
+    ready = os.environ.pop(READY_FD_ENV, None)
+    if ready is not None:
+        try:
+            os.write(int(ready), b"1")
+            os.close(int(ready))
+        except (OSError, ValueError):
+            pass  # the stage stopped waiting; nothing to tell
+
+
+@contextmanager
+def starting(checks_dir: Path) -> Iterator[dict]:
+    """The stage, around starting one check process: holds a shared lock until the child
+    holds its own. The body starts the child with ``env`` and ``pass_fds`` from the
+    yielded dict and sets its ``"proc"``; on leaving, this waits for the child's signal
+    (or its exit) before dropping the lock."""
+    if fcntl is None:
+        yield {"env": dict(os.environ), "pass_fds": ()}
+        return
+    fd = _open_shared(checks_dir)
+    read_end, write_end = os.pipe()
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        _held["fd"] = fd
-        yield
+        spec = {"env": {**os.environ, READY_FD_ENV: str(write_end)}, "pass_fds": (write_end,)}
+        yield spec
+        os.close(write_end)
+        write_end = -1
+        os.read(read_end, 1)  # the child's signal, or b"" when it exited without one
     finally:
-        _held.pop("fd", None)
-        os.close(fd)  # releases the lock
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+        os.close(fd)
+
+
+def run_child(checks_dir: Path, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run one check process under :func:`starting`; returns its completed process with
+    stdout and stderr captured as text."""
+    with starting(checks_dir) as spec:
+        proc = subprocess.Popen(cmd, env=spec["env"], pass_fds=spec["pass_fds"], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @contextmanager
 def alone() -> Iterator[None]:
     """While the body runs no other check process of the run works (exclusive lock).
 
-    Outside :func:`working` (a check called in-process, e.g. by a test) it does nothing.
+    Outside a check process (no :func:`hold_for_life`, e.g. a check called in-process
+    by a test) it does nothing.
     """
     fd = _held.get("fd")
     if fcntl is None or fd is None:
@@ -64,6 +122,7 @@ def alone() -> Iterator[None]:
     # processes asking at once cannot deadlock: one gets it, the other waits.
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
+        time.sleep(SETTLE_SECONDS)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_SH)

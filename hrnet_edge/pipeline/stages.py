@@ -410,8 +410,10 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
             log(f"[check] {target}-{precision}: {stale}; checking again")
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "hrnet_edge.pipeline.checking", str(run.root), target, precision],
-                          capture_output=True, text=True)
+    from hrnet_edge.pipeline.cpu_share import run_child
+
+    proc = run_child(run.checks, [sys.executable, "-m", "hrnet_edge.pipeline.checking", str(run.root),
+                                  target, precision])
     if path.is_file():
         row = read_json(path)
     else:  # the process died before writing (e.g. a runtime crashed)

@@ -45,13 +45,33 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosi
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+# Decoded training and validation images kept in memory when they fit in this much
+# (the built-in detection data: 1400 images of 256x256, 263 MiB).
+DECODED_IMAGES_MAX_BYTES = 1 << 30
+
+
+def keep_decoded(datasets, max_bytes: int = DECODED_IMAGES_MAX_BYTES) -> int:
+    """Let datasets that can (``keep_in_memory``) keep their decoded images, while the
+    splits together fit in ``max_bytes``; returns the bytes kept."""
+    kept = 0
+    for ds in datasets:
+        if hasattr(ds, "keep_in_memory"):
+            kept += ds.keep_in_memory(max_bytes - kept)
+    return kept
+
+
 def make_optimizer(model, cfg: RunConfig):
-    """AdamW or SGD with momentum, as ``[train]`` says."""
+    """AdamW or SGD with momentum, as ``[train]`` says.
+
+    ``foreach=True``: one multi-tensor update instead of a Python loop over the
+    parameters (torch turns it on by default only on CUDA). On the CPU it gives the same
+    weights bit for bit and saves ~2 of 8 ms per step for an HRNet-W8's ~400 tensors.
+    """
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                               nesterov=t.nesterov)
-    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+                               nesterov=t.nesterov, foreach=True)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=True)
 
 
 def evaluate_model(model, val_ds, cfg: RunConfig, batch_size: int = 32, progress: bool = False) -> dict:
@@ -107,6 +127,9 @@ def train(run: RunDir, cfg: RunConfig, progress: bool = True, log=print) -> dict
     from hrnet_edge.data.preflight import preflight
 
     log(f"[train] {preflight((('training', train_ds), ('validation', val_ds)))}")  # before any step
+    kept = keep_decoded((train_ds, val_ds))
+    if kept:
+        log(f"[train] decoded images kept in memory ({kept / 2**20:.0f} MiB): no decoding per epoch")
     model = create_model(cfg.model, **cfg.model_overrides)
     if cfg.init.path is not None and not (run.checkpoints / "last.safetensors").is_file():
         from hrnet_edge.weights import load_weights
