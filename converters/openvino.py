@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,21 @@ def _convert(model: torch.nn.Module, input_size: tuple[int, int]):
     return ov_model
 
 
+# The last float conversion per model object: fp32, fp16 and bf16 save the same traced
+# graph (they differ in how it is saved or compiled), so one trace serves the three
+# exports of a run; each export works on its own clone.
+_FLOAT_IR: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _float_conversion(model: torch.nn.Module, input_size: tuple[int, int]):
+    """:func:`_convert` of a float model, traced once per model and input size."""
+    hit = _FLOAT_IR.get(model)
+    if hit is None or hit[0] != tuple(input_size):
+        hit = (tuple(input_size), _convert(model, input_size))
+        _FLOAT_IR[model] = hit
+    return hit[1]
+
+
 def _host_has_bf16() -> bool:
     ov = require("openvino", "openvino")
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -101,7 +117,7 @@ class OpenVinoTarget(Target):
                                       "run quantization first or export fp32/fp16/bf16")
                 ov_model = _convert(job.qat_model, input_size)
             else:
-                ov_model = _convert(job.model, input_size)
+                ov_model = _float_conversion(job.model, input_size).clone()
             inp = None
             if job.precision == UINT8_INPUT:
                 ov_model = _uint8_front(ov, ov_model)

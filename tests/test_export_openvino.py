@@ -162,3 +162,19 @@ def test_int8_without_qat_model_leaves_nothing(tmp_path, settled_pose_model):
     with pytest.raises(ExportError, match="qat_model"):
         OpenVinoTarget().export(_job(settled_pose_model, "int8", out))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_trace_serves_fp32_fp16_and_bf16_without_changing_between_them(tmp_path, settled_pose_model):
+    """fp16 and bf16 reuse fp32's traced graph (a clone each): an fp16 save in between
+    must not alter what the next fp32 export writes."""
+    from converters import openvino as ovt
+
+    target = OpenVinoTarget()
+    first = target.export(_job(settled_pose_model, "fp32", tmp_path / "a"))
+    assert settled_pose_model in ovt._FLOAT_IR  # traced once, kept for the next precisions
+    traced = ovt._FLOAT_IR[settled_pose_model][1]
+    target.export(_job(settled_pose_model, "fp16", tmp_path / "b"))
+    again = target.export(_job(settled_pose_model, "fp32", tmp_path / "c"))
+    assert ovt._FLOAT_IR[settled_pose_model][1] is traced
+    assert first.path.with_suffix(".bin").read_bytes() == again.path.with_suffix(".bin").read_bytes()
+    assert (tmp_path / "b" / "model.bin").stat().st_size < 0.6 * first.path.with_suffix(".bin").stat().st_size
