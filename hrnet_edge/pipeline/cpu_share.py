@@ -13,7 +13,7 @@ it times its artifact:
   process is gone), so the runtime teardown of a finished check is not timed into
   the next one's latency;
 * the stage holds a shared lock itself while it starts a check process, until the
-  child has its own (:func:`starting`), so a child's start-up (Python, imports) never
+  child has its own (:func:`run_child`), so a child's start-up (Python, imports) never
   runs during a measurement either;
 * after taking the exclusive lock, a measurement waits :data:`SETTLE_SECONDS` for the
   thread pools of a process that has just stopped working to stop spinning.
@@ -39,7 +39,7 @@ LOCK_NAME = ".cpu.lock"
 ENV = "HRNET_EDGE_CHECK_PROCESSES"
 READY_FD_ENV = "HRNET_EDGE_CHECK_READY_FD"
 SETTLE_SECONDS = 0.05
-_held: dict[str, int] = {}  # this process's lock: {"fd": file descriptor}
+_lock_fd: int | None = None  # this check process's lock, held until it exits
 
 
 def parallel_checks() -> int:
@@ -60,10 +60,11 @@ def _open_shared(checks_dir: Path) -> int:
 
 def hold_for_life(checks_dir: Path) -> None:
     """A check process: take the shared lock of ``checks_dir`` until this process exits,
-    then tell the stage (:func:`starting`) that it may let measurements go on."""
-    if fcntl is None or "fd" in _held:
+    then tell the stage (:func:`run_child`) that it may let measurements go on."""
+    global _lock_fd
+    if fcntl is None or _lock_fd is not None:
         return
-    _held["fd"] = _open_shared(checks_dir)  # never closed: released by the exit itself
+    _lock_fd = _open_shared(checks_dir)  # never closed: released by the exit itself
     ready = os.environ.pop(READY_FD_ENV, None)
     if ready is not None:
         try:
@@ -73,20 +74,18 @@ def hold_for_life(checks_dir: Path) -> None:
             pass  # the stage stopped waiting; nothing to tell
 
 
-@contextmanager
-def starting(checks_dir: Path) -> Iterator[dict]:
-    """The stage, around starting one check process: holds a shared lock until the child
-    holds its own. The body starts the child with ``env`` and ``pass_fds`` from the
-    yielded dict and sets its ``"proc"``; on leaving, this waits for the child's signal
-    (or its exit) before dropping the lock."""
+def run_child(checks_dir: Path, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run one check process; returns it completed, stdout and stderr captured as text.
+
+    Until the child holds its own shared lock (:func:`hold_for_life` signals through a
+    pipe, or the child exits without), the stage holds one for it."""
     if fcntl is None:
-        yield {"env": dict(os.environ), "pass_fds": ()}
-        return
+        return subprocess.run(cmd, capture_output=True, text=True)
     fd = _open_shared(checks_dir)
     read_end, write_end = os.pipe()
     try:
-        spec = {"env": {**os.environ, READY_FD_ENV: str(write_end)}, "pass_fds": (write_end,)}
-        yield spec
+        proc = subprocess.Popen(cmd, env={**os.environ, READY_FD_ENV: str(write_end)}, pass_fds=(write_end,),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         os.close(write_end)
         write_end = -1
         os.read(read_end, 1)  # the child's signal, or b"" when it exited without one
@@ -95,14 +94,6 @@ def starting(checks_dir: Path) -> Iterator[dict]:
             os.close(write_end)
         os.close(read_end)
         os.close(fd)
-
-
-def run_child(checks_dir: Path, cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run one check process under :func:`starting`; returns its completed process with
-    stdout and stderr captured as text."""
-    with starting(checks_dir) as spec:
-        proc = subprocess.Popen(cmd, env=spec["env"], pass_fds=spec["pass_fds"], text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -114,7 +105,7 @@ def alone() -> Iterator[None]:
     Outside a check process (no :func:`hold_for_life`, e.g. a check called in-process
     by a test) it does nothing.
     """
-    fd = _held.get("fd")
+    fd = _lock_fd
     if fcntl is None or fd is None:
         yield
         return

@@ -15,6 +15,7 @@ from hrnet_edge.console import child_console, say
 from hrnet_edge.errors import ExportError, MissingDependency, RunDirError
 from hrnet_edge.faults import kill_point
 from hrnet_edge.io import read_json, sha256_file, write_json
+from hrnet_edge.pipeline.cpu_share import parallel_checks, run_child
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir, require_trained
 
@@ -374,8 +375,6 @@ def _check_many(run: RunDir, pairs: list[tuple[str, str]], force: bool, log: Log
     its artifact alone); rows are logged in the order they finish."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from hrnet_edge.pipeline.cpu_share import parallel_checks
-
     done: dict[tuple[str, str], dict] = {}
     with ThreadPoolExecutor(max_workers=parallel_checks()) as pool:
         pending = {pool.submit(_check_one, run, t, p, force, log): (t, p) for t, p in pairs}
@@ -410,8 +409,6 @@ def _check_one(run: RunDir, target: str, precision: str, force: bool, log: Log) 
             log(f"[check] {target}-{precision}: {stale}; checking again")
     path.unlink(missing_ok=True)  # a stale row must never stand in for this check
     t0 = time.time()
-    from hrnet_edge.pipeline.cpu_share import run_child
-
     proc = run_child(run.checks, [sys.executable, "-m", "hrnet_edge.pipeline.checking", str(run.root),
                                   target, precision])
     if path.is_file():
