@@ -245,7 +245,8 @@ def cmd_qat(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def cmd_export(args, early=None) -> int:
+    """``early``: float exports the pipeline began before QAT (stages.EarlyExports)."""
     from hrnet_edge.pipeline.stages import stage_export
 
     run, cfg = _init(args, allow_new=False)
@@ -264,7 +265,7 @@ def cmd_export(args) -> int:
     check_export_plan(cfg)
     with _run_log(args, run, "export") as result:
         _threads(cfg)
-        rows = stage_export(run, cfg, force=args.force)
+        rows = stage_export(run, cfg, force=args.force, early=early)
         failed = [r for r in rows if r["status"] == "failed"]
         say(f"[export] {sum(r['status'] == 'exported' for r in rows)} exported, "
             f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {len(failed)} failed -> {run.exports}")
@@ -330,10 +331,25 @@ def cmd_pipeline(args) -> int:
         if not args.verbose:
             say(f"[pipeline] what the libraries print goes to {run.root / 'logs' / 'pipeline.log'} "
                 "(--verbose shows it)")
-        for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
-            t = time.time()
-            rc = stage(ns)  # the check's exit status is the pipeline's
-            seconds[name] = time.time() - t
+        early = None
+        try:
+            for name, stage in (("train", cmd_train), ("qat", cmd_qat), ("export", cmd_export), ("check", cmd_check)):
+                t = time.time()
+                rc = stage(ns, early) if name == "export" else stage(ns)  # the check's exit status is the pipeline's
+                seconds[name] = time.time() - t
+                if name == "train":
+                    # the float exports need only the checkpoint: they run beside QAT
+                    from hrnet_edge.pipeline.stages import start_early_exports
+
+                    early = start_early_exports(run, cfg, force=args.force)
+                    if early is not None:
+                        say(f"[pipeline] exporting {len(early.pairs)} float artifacts while QAT runs")
+                elif name == "export":
+                    early = None
+        except BaseException:
+            if early is not None:
+                early.stop()
+            raise
         result["rc"] = rc
     split = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
     say(f"[pipeline] done in {time.time() - t0:.0f} s ({split}); report: {run.report_md} "

@@ -196,9 +196,13 @@ def _quiet_exporters() -> None:
                             category=FutureWarning)
 
 
-def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say) -> list[dict]:
+def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = say,
+                 early: EarlyExports | None = None) -> list[dict]:
     """Export every planned (target, precision); a missing backend or a failure becomes a
-    row with its reason, never a crash. Returns one row per pair."""
+    row with its reason, never a crash. Returns one row per pair.
+
+    ``early``: the float exports :func:`start_early_exports` began before QAT; their rows
+    are collected here, the other pairs exported now."""
     from hrnet_edge.pipeline.jobs import JobFactory
 
     _quiet_exporters()
@@ -206,24 +210,67 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = sa
     require_trained(run, cfg)  # no (finished) trained model: a clear error, not a column of skipped rows
     merge_index(run, [])  # a damaged index.json is an error before any work, not after it
     pairs = planned_exports(cfg)
-    side = [p for p in pairs if p[0] in SIDE_TARGETS] if cfg.export.parallel else []
-    worker = _start_export_worker(run, side, force) if side and len(side) < len(pairs) else None
+    rest = [p for p in pairs if early is None or p not in early.pairs]
+    side = [p for p in rest if p[0] in SIDE_TARGETS] if cfg.export.parallel else []
+    worker = _start_export_worker(run, side, force, "side") if side and len(side) < len(rest) else None
     done = {}
     try:
         factory = JobFactory(run, cfg)
-        for pair in pairs:
+        for pair in rest:
             if worker is None or pair not in side:
                 done[pair] = _export_one(factory, *pair, force, log)
-    except BaseException:
         if worker is not None:
-            worker[0].terminate()
+            done.update(_finish_export_worker(worker, side, log))
+        if early is not None:
+            done.update(early.finish(log))
+    except BaseException:
+        for w in (worker, early.worker if early is not None else None):
+            if w is not None:
+                w[0].terminate()
         raise
-    if worker is not None:
-        done.update(_finish_export_worker(run, worker, side, log))
     rows = [done[p] for p in pairs]
     kill_point("export:before-index")
     write_json(run.exports / "index.json", merge_index(run, rows))
     return rows
+
+
+class EarlyExports:
+    """The float exports of a run, begun in a worker process before QAT (the pipeline
+    starts them right after training): they need only the trained checkpoint, and they
+    are mostly single-threaded graph rewriting, while QAT's two threads leave part of
+    two cores idle. :func:`stage_export` collects their rows."""
+
+    def __init__(self, run: RunDir, pairs: list[tuple[str, str]], force: bool):
+        self.pairs = pairs
+        self.worker = _start_export_worker(run, pairs, force, "early")
+
+    def finish(self, log: Log) -> dict:
+        return _finish_export_worker(self.worker, self.pairs, log)
+
+    def stop(self) -> None:
+        """End the worker (QAT failed or was interrupted): its finished artifacts stay
+        whole on disk, an unfinished one is never moved into place."""
+        proc = self.worker[0]
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+        self.worker[1].unlink(missing_ok=True)
+
+
+def start_early_exports(run: RunDir, cfg: RunConfig, force: bool = False) -> EarlyExports | None:
+    """Begin the planned exports that do not need QAT (every float precision) in a
+    worker process; None when the run exports nothing else (then there is nothing to
+    overlap) or ``[export] parallel`` is off."""
+    from converters.base import quantized_as
+
+    require_trained(run, cfg)
+    merge_index(run, [])
+    pairs = planned_exports(cfg)
+    early = [p for p in pairs if quantized_as(p[1]) != "int8"]
+    if not cfg.export.parallel or not early or len(early) == len(pairs):
+        return None
+    _quiet_exporters()
+    return EarlyExports(run, early, force)
 
 
 def merge_index(run: RunDir, rows: list[dict]) -> list[dict]:
@@ -246,16 +293,27 @@ def merge_index(run: RunDir, rows: list[dict]) -> list[dict]:
 SIDE_TARGETS = ("executorch",)
 
 
-def _start_export_worker(run: RunDir, pairs: list[tuple[str, str]], force: bool):
-    out = run.exports / ".worker-rows.json"
+def _start_export_worker(run: RunDir, pairs: list[tuple[str, str]], force: bool, name: str):
+    out = run.exports / f".{name}-worker-rows.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "hrnet_edge.pipeline.stages", "export-worker", str(run.root), str(out)]
     cmd += (["--force"] if force else []) + [f"{t}:{p}" for t, p in pairs]
     env, fds = child_console()  # its [export] lines reach the terminal, its chatter the log
-    return subprocess.Popen(cmd, env=env, pass_fds=fds), out
+    return subprocess.Popen(cmd, env=env, pass_fds=fds, preexec_fn=_die_with_parent), out
 
 
-def _finish_export_worker(run: RunDir, worker, pairs, log: Log) -> dict:
+def _die_with_parent() -> None:
+    """In a worker, before it starts: on Linux, SIGTERM when the process that started it
+    ends, so a killed pipeline leaves no exporter writing into the run behind it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def _finish_export_worker(worker, pairs, log: Log) -> dict:
     proc, out = worker
     rc = proc.wait()
     rows = {(r["target"], r["precision"]): r for r in read_json(out)} if out.is_file() else {}

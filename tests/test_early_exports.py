@@ -1,0 +1,108 @@
+"""The pipeline's float exports begun beside QAT (stages.start_early_exports): the export
+stage collects them as if it had made them, a stopped worker leaves nothing half-written,
+and a worker ends with the process that started it.
+
+Each test starts from a copy of the tiny finished QAT run of ``hardening_run`` (ONNX fp32
+and int8 planned), with ``[export] parallel`` switched on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hrnet_edge.pipeline.stages import planned_exports, stage_export, start_early_exports
+from hrnet_edge.runs import open_run, tidy_run
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _qat_run(hardening_run, tmp_path: Path):
+    shutil.copytree(hardening_run["qat"], tmp_path / "run", symlinks=True)
+    run, cfg = open_run(tmp_path / "run")
+    return run, dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, parallel=True))
+
+
+def _quiet(*_a, **_k) -> None:
+    pass
+
+
+def test_the_export_stage_collects_the_early_float_exports(hardening_run, tmp_path):
+    from converters.check import integrity_problem
+
+    run, cfg = _qat_run(hardening_run, tmp_path)
+    early = start_early_exports(run, cfg)
+    assert early is not None and early.pairs == [("onnx", "fp32")]
+    rows = stage_export(run, cfg, log=_quiet, early=early)
+    assert [(r["target"], r["precision"]) for r in rows] == planned_exports(cfg) == [("onnx", "fp32"), ("onnx", "int8")]
+    assert [r["status"] for r in rows] == ["exported", "exported"], rows
+    assert rows[0]["reason"] == "" and rows[0]["seconds"] > 0  # made by the worker, not kept
+    assert json.loads((run.exports / "index.json").read_text()) == rows
+    assert integrity_problem(run.export_dir("onnx", "fp32")) is None
+    assert not list(run.exports.glob(".*rows.json"))
+    # The same artifact as the export stage makes alone: the next export keeps it.
+    again = stage_export(run, cfg, log=_quiet)
+    assert [r["reason"] for r in again] == ["kept (exists)", "kept (exists)"]
+
+
+def test_nothing_to_overlap_means_no_worker(hardening_run, tmp_path):
+    run, cfg = _qat_run(hardening_run, tmp_path)
+    only_float = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, precisions=("fp32",)))
+    assert start_early_exports(run, only_float) is None  # nothing would follow QAT
+    serial = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, parallel=False))
+    assert start_early_exports(run, serial) is None
+
+
+def test_a_stopped_worker_leaves_whole_artifacts_or_none(hardening_run, tmp_path):
+    from converters.check import integrity_problem
+
+    run, cfg = _qat_run(hardening_run, tmp_path)
+    early = start_early_exports(run, cfg)
+    time.sleep(3)  # somewhere in its imports or its export
+    early.stop()
+    assert early.worker[0].returncode is not None
+    tidy_run(run)  # what a later command does first
+    out = run.export_dir("onnx", "fp32")
+    assert not out.exists() or integrity_problem(out) is None
+    assert not list(run.exports.glob(".*rows.json"))
+    assert sorted(p.name for p in run.exports.iterdir() if not p.name.startswith(".")) in ([], ["onnx-fp32"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_worker_ends_when_the_process_that_started_it_is_killed(hardening_run, tmp_path):
+    run, _cfg = _qat_run(hardening_run, tmp_path)
+    code = (
+        "import dataclasses, os, sys, time\n"
+        "from hrnet_edge.pipeline.stages import start_early_exports\n"
+        "from hrnet_edge.runs import open_run\n"
+        f"run, cfg = open_run({str(run.root)!r})\n"
+        "cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, parallel=True))\n"
+        "early = start_early_exports(run, cfg)\n"
+        "print(early.worker[0].pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pid = int(parent.stdout.readline())
+    assert _alive(pid)
+    parent.kill()  # SIGKILL: no cleanup of its own runs
+    parent.wait()
+    deadline = time.time() + 20
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the export worker outlived the pipeline that started it"
