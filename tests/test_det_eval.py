@@ -13,7 +13,7 @@ from hrnet_edge.evaluation.detection import (
     detection_agreement, evaluate_bbox, level_shapes, nms, point_grid, to_original,
 )
 from hrnet_edge.training.det_loss import (
-    IGNORE, default_level_ranges, det_loss, fcos_targets,
+    IGNORE, OUTPUT_RANGE_BOUND, RANGE_WEIGHT, default_level_ranges, det_loss, fcos_targets,
 )
 
 # three boxes in a row: neighbours overlap with IoU 2/4 = 0.5 exactly, the outer pair 1/5
@@ -299,13 +299,49 @@ def _perfect_raw(gt: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def test_det_loss_perfect_prediction():
     gt = _fcos_gt()
-    total, parts = det_loss(_perfect_raw(gt, 3), gt, (64, 64), 2)
+    total, parts = det_loss(_perfect_raw(gt, 3), gt, (64, 64), 2, range_bound=None)
     assert parts["num_pos"].item() == 8
     assert parts["giou"].item() < 1e-5
     random_total, _ = det_loss(torch.randn(2, 320, 8), gt, (64, 64), 2)
     assert total.item() < 0.05 * random_total.item()
     with pytest.raises(DataError, match="class index 2"):
         det_loss(torch.randn(2, 320, 7), gt, (64, 64), 2)  # C = 2 but box 1 is class 2
+
+
+def test_range_term_is_zero_inside_the_bound_and_the_squared_excess_outside():
+    gt = _fcos_gt()
+    inside = _perfect_raw(gt, 3).clamp(-OUTPUT_RANGE_BOUND, OUTPUT_RANGE_BOUND)
+    total, parts = det_loss(inside, gt, (64, 64), 2)
+    free, _ = det_loss(inside, gt, (64, 64), 2, range_bound=None)
+    assert parts["range"].item() == 0.0 and total.item() == free.item()
+    outside = inside.clone()
+    outside[1, 7, 4] = -20.0  # image 1 is all padding: no other part of the loss sees this point
+    outside[0, 300, 6] = OUTPUT_RANGE_BOUND + 3.0
+    total2, parts2 = det_loss(outside, gt, (64, 64), 2)
+    excess = (20.0 - OUTPUT_RANGE_BOUND) ** 2 + 3.0 ** 2
+    assert parts2["range"].item() == pytest.approx(RANGE_WEIGHT * excess / parts2["num_pos"].item(), rel=1e-5)
+
+
+def test_range_term_pulls_an_untrained_output_back_under_adam():
+    """A point whose outputs no other part of the loss trains (a negative's centerness)
+    drifts nowhere on its own; the range term brings it back to the bound."""
+    gt = _fcos_gt()[:1]
+    raw = torch.nn.Parameter(_perfect_raw(gt, 3).clamp(-OUTPUT_RANGE_BOUND, OUTPUT_RANGE_BOUND))
+    with torch.no_grad():
+        raw[0, 250, 4] = -40.0  # level 0, far from every box: a negative
+    opt = torch.optim.Adam([raw], lr=0.2)
+    for _ in range(400):
+        total, _ = det_loss(raw, gt, (64, 64), 2)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert -OUTPUT_RANGE_BOUND - 1.0 < raw[0, 250, 4].item() <= -OUTPUT_RANGE_BOUND + 0.2
+    with torch.no_grad():
+        raw[0, 250, 4] = -40.0
+    opt.zero_grad()
+    total, _ = det_loss(raw, gt, (64, 64), 2, range_bound=None)
+    total.backward()
+    assert raw.grad[0, 250, 4].item() == 0.0  # without it, nothing moves that point
 
 
 def test_det_loss_decreases_under_adam():

@@ -1,6 +1,6 @@
 """The pipeline's float exports begun beside QAT (stages.start_early_exports): the export
 stage collects them as if it had made them, a stopped worker leaves nothing half-written,
-and a worker ends with the process that started it.
+and a worker runs at low priority and ends with the process that started it.
 
 Each test starts from a copy of the tiny finished QAT run of ``hardening_run`` (ONNX fp32
 and int8 planned), with ``[export] parallel`` switched on.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hrnet_edge.pipeline.stages import planned_exports, stage_export, start_early_exports
+from hrnet_edge.pipeline.stages import EARLY_NICE, planned_exports, stage_export, start_early_exports
 from hrnet_edge.runs import open_run, tidy_run
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -100,6 +100,7 @@ def test_the_worker_ends_when_the_process_that_started_it_is_killed(hardening_ru
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     pid = int(parent.stdout.readline())
     assert _alive(pid)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == EARLY_NICE  # it runs in the time QAT leaves
     parent.kill()  # SIGKILL: no cleanup of its own runs
     parent.wait()
     deadline = time.time() + 20

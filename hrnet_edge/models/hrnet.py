@@ -60,6 +60,12 @@ class HRNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if self.cfg.task == "pose":  # small heatmap init, as in the pose papers
             nn.init.normal_(self.head.final.weight, std=0.001)
+        if self.cfg.task == "det":
+            # FCOS's start: predictors N(0, 0.01), so every raw output begins near its
+            # bias. The He init above began with outputs beyond +-8, which the loss's
+            # range term then fought (training/det_loss.py).
+            for conv in (self.head.box, self.head.centerness, self.head.cls):
+                nn.init.normal_(conv.weight, std=0.01)
 
     def forward(self, x):
         return self.head(self.backbone(self.normalize(x)))
