@@ -99,7 +99,9 @@ class ExportConfig:
     targets: tuple[str, ...] = ("onnx", "openvino", "tflite", "executorch", "coreml")
     precisions: tuple[str, ...] = ()
     calibration_images: int = 64
-    parallel: bool = True  # ExecuTorch in a second process beside the other targets
+    # ExecuTorch in a second process beside the other targets; in `pipeline` also the
+    # float exports in a worker beside QAT (pipeline.stages.start_early_exports)
+    parallel: bool = True
     # TFLite and ExecuTorch INT8 take the activation ranges QAT learned (False: the
     # tools' own calibration on the QAT weights)
     carry_qat_ranges: bool = True
