@@ -107,3 +107,43 @@ def test_the_worker_ends_when_the_process_that_started_it_is_killed(hardening_ru
     while _alive(pid) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(pid), "the export worker outlived the pipeline that started it"
+
+
+def test_no_stage_tidies_the_run_while_the_early_worker_writes(tmp_path, monkeypatch):
+    """The stages after training must not clear the run's staging folders while the
+    early worker stages its artifacts in them (a tidy did, and the worker's TFLite
+    export failed with its own staging folder gone)."""
+    import hrnet_edge.runs as runs
+    from conftest import HARDENING_TOML
+    from hrnet_edge.cli import main
+    from hrnet_edge.pipeline import stages
+
+    events: list[str] = []
+    start, finish, tidy = stages.EarlyExports.__init__, stages.EarlyExports.finish, runs.tidy_run
+
+    def started(self, *a, **k):
+        start(self, *a, **k)
+        events.append("early started")
+
+    def finished(self, log):
+        rows = finish(self, log)
+        events.append("early collected")
+        return rows
+
+    def tidied(run):
+        events.append("tidy")
+        return tidy(run)
+
+    monkeypatch.setattr(stages.EarlyExports, "__init__", started)
+    monkeypatch.setattr(stages.EarlyExports, "finish", finished)
+    monkeypatch.setattr(runs, "tidy_run", tidied)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(HARDENING_TOML.replace("parallel = false", "parallel = true"))
+    rc = main(["pipeline", "--config", str(cfg), "--run", str(tmp_path / "run"), "--no-progress"])
+    assert rc in (0, 1)
+    assert "early started" in events and "early collected" in events, events
+    between = events[events.index("early started"):events.index("early collected")]
+    assert "tidy" not in between, events
+    assert events.count("tidy") >= 2  # before training, and again for the checks
+    index = json.loads((tmp_path / "run" / "exports" / "index.json").read_text())
+    assert [r["status"] for r in index] == ["exported", "exported"], index

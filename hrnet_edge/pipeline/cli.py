@@ -109,8 +109,9 @@ def _init(args, allow_new: bool):
     else:
         run, cfg = open_run(root)
         check_writable(run.root)
-    for line in tidy_run(run):
-        say(f"[{getattr(args, 'command', 'run')}] {line}")
+    if getattr(args, "tidy", True):  # off while the pipeline's export worker writes into the run
+        for line in tidy_run(run):
+            say(f"[{getattr(args, 'command', 'run')}] {line}")
     return run, cfg
 
 
@@ -344,8 +345,11 @@ def cmd_pipeline(args) -> int:
                     early = start_early_exports(run, cfg, force=args.force)
                     if early is not None:
                         say(f"[pipeline] exporting {len(early.pairs)} float artifacts while QAT runs")
+                        # the worker's staging folders are not leftovers: the next stages
+                        # must not clear them away (the run was tidied before training)
+                        ns.tidy = False
                 elif name == "export":
-                    early = None
+                    early, ns.tidy = None, True
         except BaseException:
             if early is not None:
                 early.stop()
