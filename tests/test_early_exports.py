@@ -109,12 +109,12 @@ def test_the_worker_ends_when_the_process_that_started_it_is_killed(hardening_ru
     assert not _alive(pid), "the export worker outlived the pipeline that started it"
 
 
-def test_no_stage_tidies_the_run_while_the_early_worker_writes(tmp_path, monkeypatch):
+def test_no_stage_tidies_the_run_while_the_early_worker_writes(hardening_run, tmp_path, monkeypatch):
     """The stages after training must not clear the run's staging folders while the
     early worker stages its artifacts in them (a tidy did, and the worker's TFLite
-    export failed with its own staging folder gone)."""
+    export failed with its own staging folder gone). The pipeline resumes a copy of the
+    trained tiny run (no data to generate in this process), parallel exports on."""
     import hrnet_edge.runs as runs
-    from conftest import HARDENING_TOML
     from hrnet_edge.cli import main
     from hrnet_edge.pipeline import stages
 
@@ -137,13 +137,16 @@ def test_no_stage_tidies_the_run_while_the_early_worker_writes(tmp_path, monkeyp
     monkeypatch.setattr(stages.EarlyExports, "__init__", started)
     monkeypatch.setattr(stages.EarlyExports, "finish", finished)
     monkeypatch.setattr(runs, "tidy_run", tidied)
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(HARDENING_TOML.replace("parallel = false", "parallel = true"))
-    rc = main(["pipeline", "--config", str(cfg), "--run", str(tmp_path / "run"), "--no-progress"])
+    root = tmp_path / "run"
+    shutil.copytree(hardening_run["trained"], root, symlinks=True)
+    config = json.loads((root / "config.json").read_text())
+    config["export"]["parallel"] = True
+    (root / "config.json").write_text(json.dumps(config))
+    rc = main(["pipeline", "--run", str(root), "--no-progress"])
     assert rc in (0, 1)
     assert "early started" in events and "early collected" in events, events
     between = events[events.index("early started"):events.index("early collected")]
     assert "tidy" not in between, events
     assert events.count("tidy") >= 2  # before training, and again for the checks
-    index = json.loads((tmp_path / "run" / "exports" / "index.json").read_text())
+    index = json.loads((root / "exports" / "index.json").read_text())
     assert [r["status"] for r in index] == ["exported", "exported"], index
