@@ -225,9 +225,10 @@ def stage_export(run: RunDir, cfg: RunConfig, force: bool = False, log: Log = sa
         if early is not None:
             done.update(early.finish(log))
     except BaseException:
-        for w in (worker, early.worker if early is not None else None):
-            if w is not None:
-                w[0].terminate()
+        if worker is not None:
+            worker[0].terminate()
+        if early is not None:
+            early.stop()
         raise
     rows = [done[p] for p in pairs]
     kill_point("export:before-index")
