@@ -183,6 +183,13 @@ def test_to_original_and_coco_results():
     np.testing.assert_allclose(back.boxes, [[20, 40, 90, 100]])  # x2 180 -> 90, y2 120 -> 100
     with pytest.raises(DataError, match="scale"):
         to_original(dets, 0.0, (100, 90))
+    # the letterbox of a 100 x 90 picture at scale 0.5 fills input x < 45, y < 50; a box
+    # wholly right of that clips to x1 = x2 = 90 and is dropped, the others keep their order
+    three = Detections(np.array([[10, 20, 50, 60], [46, 0, 60, 30], [0, 0, 20, 10]], np.float32),
+                       np.array([0.9, 0.8, 0.7], np.float32), np.array([1, 0, 2]))
+    kept = to_original(three, 0.5, (100, 90))
+    np.testing.assert_allclose(kept.boxes, [[20, 40, 90, 100], [0, 0, 40, 20]])
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.7]) and kept.classes.tolist() == [1, 2]
     dets.boxes[:] = [1.234, 2.0, 5.0, 7.5]
     res = coco_results([dets], [42], [3, 7])
     assert res == [{"image_id": 42, "category_id": 7, "bbox": [1.23, 2.0, 3.77, 5.5], "score": 0.12346}]

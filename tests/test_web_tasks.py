@@ -272,6 +272,20 @@ def test_det_page_letterbox_and_detections_equal_the_python_runtime(node, det_ca
             box_diff.append(float(np.abs(np.array(d["boxes"]) - want["boxes"]).max()))
             assert d["classes"] == want["classes"].tolist() and d["labels"] == want["labels"]
             assert d["category_ids"] == want["category_ids"].tolist() and d["coordinates"] == want["coordinates"]
+    # A hand-made output for picture 3 (resized to 96 x 120, padded to 128 wide): two
+    # confident points of the stride-4 level in row 10, both with 4 px boxes. Column 5
+    # lies in the picture; column 31 (cx = 126) in the padding, so its box clips to zero
+    # width in the picture, and both decoders drop it.
+    r = np.full_like(raws[3], -20.0)
+    r[:, :4] = np.log(0.5)
+    for col in (5, 31):
+        r[10 * DET_IN[1] // 4 + col, [4, 5]] = 10.0
+    want = DetDecoder(meta).decode(r, letterbox_context(pics[3].shape[:2], DET_IN))
+    s = 96 / pics[3].shape[0]
+    np.testing.assert_allclose(want["boxes"], [[20 / s, 40 / s, 24 / s, 44 / s]], rtol=1e-6)
+    out = _node_ok(node, {"task": "det", "meta": meta, "decodes": [
+        {"raw": r.ravel().tolist(), "dims": list(r.shape), "image_size": list(pics[3].shape[:2])}]})["decodes"][0]
+    np.testing.assert_allclose(np.array(out["boxes"]), want["boxes"], atol=1e-3, rtol=0)
     n = len(pics) + 1
     assert min(counts) > 0 and max(counts[n:2 * n]) < 80 and max(counts[2 * n:]) == 7, counts
     print(f"det: letterbox bytes vs runtime / host loader differ by at most {max(grey)} / {max(grey_host)} grey "

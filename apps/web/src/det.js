@@ -13,7 +13,8 @@
 // * candidates: per level score > threshold, the pre_nms_topk best (ties: lower p*C+c);
 //   boxes clipped to the input and rounded to float32, those under min_box_size
 //   dropped; greedy NMS (IoU > threshold suppressed) per class or across classes;
-//   the first max_detections; original = input / s, clipped to the picture.
+//   the first max_detections; original = input / s, clipped to the picture, and a box
+//   left with no width or height there (wholly in the padding) dropped.
 import { MetadataError, inputSpec, metaGet as get, positiveInt } from "./pose.js";
 import { letterbox } from "./resize.js";
 
@@ -236,6 +237,10 @@ export function decodeDet(data, dims, spec, lb = null) {
     if (!(Number.isFinite(scale) && scale > 0)) throw new RangeError(`letterbox scale must be a positive finite number, got ${scale}`);
     const [oh, ow] = origHW;
     out = out.map(([x1, y1, x2, y2]) => [f32(clip(x1 / scale, ow)), f32(clip(y1 / scale, oh)), f32(clip(x2 / scale, ow)), f32(clip(y2 / scale, oh))]);
+    // a box wholly in the padding clips to zero width or height: it covers nothing, drop it
+    const inside = out.map(([x1, y1, x2, y2]) => x2 > x1 && y2 > y1);
+    out = out.filter((_, k) => inside[k]);
+    keep = keep.filter((_, k) => inside[k]);
     coordinates = "image";
   }
   const classes = keep.map((i) => candClasses[i]);

@@ -172,7 +172,8 @@ class DecodeConfig:
                       if self.class_aware else "across all classes"),
             "max_detections": f"keep the first {self.max_detections} after NMS, in descending score",
             "letterbox": "image resized by `scale` and placed at the top-left of the input, no "
-                         "padding offset: original = input / scale, clipped to the original image",
+                         "padding offset: original = input / scale, clipped to the original image; a box "
+                         "left with x2 <= x1 or y2 <= y1 (wholly in the padding) is dropped",
             "config": self.to_dict(),
             "input_size": [int(input_size[0]), int(input_size[1])],
         }
@@ -268,12 +269,15 @@ def to_original(dets: Detections, scale: float, orig_hw: Sequence[int]) -> Detec
 
     The letterbox resizes by ``scale`` and places the image at the top-left (no
     padding offset), so ``original = input / scale``, clipped to the original (H, W).
+    A box that lies wholly in the padding clips to zero width or height there; it covers
+    nothing of the picture and is dropped (the others keep their order).
     """
     if not np.isfinite(scale) or scale <= 0:
         raise DecodeInputError(f"letterbox scale must be a positive finite number, got {scale!r}")
     h, w = int(orig_hw[0]), int(orig_hw[1])
-    boxes = np.clip(np.asarray(dets.boxes, np.float64) / scale, 0, [w, h, w, h])
-    return Detections(boxes.astype(np.float32), dets.scores.copy(), dets.classes.copy())
+    boxes = np.clip(np.asarray(dets.boxes, np.float64) / scale, 0, [w, h, w, h]).astype(np.float32)
+    inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return Detections(boxes[inside], dets.scores[inside].copy(), dets.classes[inside].copy())
 
 
 def letterbox_context(orig_hw: Sequence[int], input_size: Sequence[int]) -> dict:
