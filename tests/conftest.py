@@ -300,3 +300,24 @@ def runner_exit2(capsys, argv) -> str:
     assert exc.value.code == 2, err
     assert len(err.splitlines()) == 1, err
     return err
+
+
+# --- two test processes (scripts/test.sh runs pytest -n 2 --dist loadgroup) --------------
+# Each worker runs torch on one thread: two workers then fill the two cores without
+# OpenMP threads of one waiting for cores the other holds.
+if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+# Runs that several modules share are made once per process, so every module that uses
+# one runs in the same worker (one xdist group); any other module is a group of its own,
+# so its module-scoped fixtures are made once too.
+SHARED_RUNS = ("hardening_run", "pose_pipeline_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    shared = {item.module.__name__ for item in items if set(SHARED_RUNS) & set(item.fixturenames)}
+    for item in items:
+        name = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("shared-runs" if name in shared else name))
