@@ -17,6 +17,35 @@ from typing import Any, Iterator
 
 PARTIAL_PREFIX = ".partial."
 REPLACED = ".replaced"  # inside a staging folder: the folder it is replacing, moved aside
+OWNER = ".partial-owner"  # inside a staging folder: "<pid> <start time>" of the writing process
+
+
+def _process_token(pid: int) -> str | None:
+    """The start time of a live process (None when it has exited or is a zombie): with
+    the pid it names one process, not a later one that reuses the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc here: whether the pid exists is all that can be known
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _owner_alive(staging: Path) -> bool:
+    """Whether the process that made ``staging`` is still running (and may still write)."""
+    try:
+        pid, token = (staging / OWNER).read_text().split()
+        return _process_token(int(pid)) == token
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -36,6 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", dir=path.parent))
     tmp = staging / path.name
     try:
+        (staging / OWNER).write_text(f"{os.getpid()} {_process_token(os.getpid())}")
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp}")
@@ -50,14 +80,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def recover_partials(folder: str | os.PathLike) -> list[str]:
     """Finish what an interrupted :func:`atomic_path` left in ``folder``: a folder moved
-    aside and not replaced goes back in place; staging folders are removed. Returns
-    one line per thing done."""
+    aside and not replaced goes back in place; staging folders are removed. A staging
+    folder whose writing process is still running is not a leftover (another command or
+    worker is writing into the run) and stays as it is. Returns one line per thing done."""
     folder = Path(folder)
     done: list[str] = []
     if not folder.is_dir():
         return done
     for staging in sorted(folder.glob(f"{PARTIAL_PREFIX}*")):
-        if not staging.is_dir():
+        if not staging.is_dir() or _owner_alive(staging):
             continue
         name = staging.name[len(PARTIAL_PREFIX):].rsplit(".", 1)[0]
         old, target = staging / REPLACED, folder / name

@@ -10,6 +10,7 @@ bash scripts/setup_apps.sh
 export HRNET_EDGE_REQUIRE_BROWSER=${HRNET_EDGE_REQUIRE_BROWSER:-1}
 # Two worker processes (pytest-xdist), one torch thread each: conversions and checks are
 # mostly one-threaded Python, so two at once fill both cores. Modules that share a run
-# stay in one worker (tests/conftest.py). HRNET_EDGE_TEST_WORKERS=0 runs in one process.
+# stay in one worker, the longest first (tests/conftest.py). HRNET_EDGE_TEST_WORKERS=0 runs
+# in one process.
 WORKERS=${HRNET_EDGE_TEST_WORKERS:-2}
-exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup --durations=30 "$@"
+exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup --no-loadscope-reorder --durations=30 "$@"

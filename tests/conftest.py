@@ -7,6 +7,7 @@ in a narrow band and hides quantization and layout errors that real scenes expos
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 # The package sets its OpenMP waiting (GOMP_SPINCOUNT) and the venv's extension folder
@@ -302,22 +303,77 @@ def runner_exit2(capsys, argv) -> str:
     return err
 
 
-# --- two test processes (scripts/test.sh runs pytest -n 2 --dist loadgroup) --------------
+# --- two test processes (scripts/test.sh: pytest -n 2 --dist loadgroup) -------------------
 # Each worker runs torch on one thread: two workers then fill the two cores without
 # OpenMP threads of one waiting for cores the other holds.
 if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-# Runs that several modules share are made once per process, so every module that uses
-# one runs in the same worker (one xdist group); any other module is a group of its own,
-# so its module-scoped fixtures are made once too.
-SHARED_RUNS = ("hardening_run", "pose_pipeline_run")
+# How tests are grouped between the workers. A group runs whole in one worker, so what it
+# makes once (a module's fixtures, a session run) is made once:
+# * every module that uses a session run below is in that run's group;
+# * a module naming XDIST_SPLIT_BY (a module-scoped parametrized fixture) is one group
+#   per parameter value, taken from the test id;
+# * any other module is a group of its own.
+# The groups come from the test ids and the modules' text, because xdist's own
+# ``xdist_group`` marks no longer reach its scheduler under pytest 9 (xdist 3.8 renames
+# ``item._nodeid``, which pytest 9 no longer reads).
+SHARED_RUNS = {"hardening_run": "hardening-run", "pose_pipeline_run": "pose-pipeline-run"}
+# The longest groups go first (scripts/test.sh keeps this order: --no-loadscope-reorder),
+# so that the two workers finish close together; measured with --durations on 2 cores.
+LONGEST_FIRST = ("pose-pipeline-run", "hardening-run", "tests/test_pipeline_tasks.py[cls]",
+                 "tests/test_pipeline_det.py", "tests/test_cpu_families.py",
+                 "tests/test_pipeline_tasks.py[seg]")
+_TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _module_groups() -> dict[str, str]:
+    """``tests/<module>.py`` -> the session run group it belongs to, if any."""
+    found = {}
+    for path in sorted(_TESTS_DIR.glob("test_*.py")):
+        text = path.read_text()
+        used = [group for fixture, group in SHARED_RUNS.items() if re.search(rf"\b{fixture}\b", text)]
+        if len(used) > 1:
+            raise RuntimeError(f"{path.name} uses the session runs {used}: one module may use one "
+                               "(each run has its own xdist group, tests/conftest.py)")
+        if used:
+            found[f"tests/{path.name}"] = used[0]
+    return found
+
+
+def _split_modules() -> set[str]:
+    return {f"tests/{p.name}" for p in _TESTS_DIR.glob("test_*.py")
+            if re.search(r"^XDIST_SPLIT_BY = ", p.read_text(), re.M)}
+
+
+def xdist_group_of(nodeid: str, shared: dict[str, str], split: set[str]) -> str:
+    module = nodeid.split("::", 1)[0]
+    if module in shared:
+        return shared[module]
+    param = re.search(r"\[([^\]]*)\]$", nodeid)
+    if module in split and param:
+        return f"{module}[{param.group(1)}]"
+    return module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: the groups above (a LoadScope scheduler whose scope is the group)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared, split = _module_groups(), _split_modules()
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid, shared, split)
+
+    return GroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
+    if not __import__("os").environ.get("PYTEST_XDIST_WORKER"):
         return
-    shared = {item.module.__name__ for item in items if set(SHARED_RUNS) & set(item.fixturenames)}
-    for item in items:
-        name = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("shared-runs" if name in shared else name))
+    shared, split = _module_groups(), _split_modules()
+    rank = {g: k for k, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group_of(item.nodeid, shared, split), len(rank)))  # stable

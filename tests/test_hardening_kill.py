@@ -262,3 +262,25 @@ def test_a_changed_checkpoint_is_never_built_on(hardening_run, tmp_path, capsys)
     from hrnet_edge.io import sha256_file
 
     assert meta["checkpoint_sha256"] == sha256_file(best)
+
+
+def test_intermediate_onnx_is_keyed_by_the_code_that_writes_it(hardening_run, tmp_path, monkeypatch):
+    """The ONNX that TFLite converts from is reused only for the same weights and the same
+    graph code: an upgrade that changes the model or exporter code (same checkpoint) used
+    to reuse the old graph, and its TFLite then failed parity."""
+    import onnx
+
+    from hrnet_edge.pipeline import jobs
+    from hrnet_edge.runs import open_run
+
+    shutil.copytree(hardening_run["trained"], tmp_path / "run")
+    run, cfg = open_run(tmp_path / "run")
+    first = jobs.JobFactory(run, cfg).onnx_for("fp32")
+    assert first.is_file() and jobs.graph_code_key()[:8] in first.name
+    first.write_bytes(b"stands for an older graph")
+    assert jobs.JobFactory(run, cfg).onnx_for("fp32") == first  # same weights, same code: reused
+    assert first.read_bytes() == b"stands for an older graph"
+    monkeypatch.setattr(jobs, "graph_code_key", lambda: "0123456789abcdef" * 4)  # the code changed
+    fresh = jobs.JobFactory(run, cfg).onnx_for("fp32")
+    assert fresh != first and "-01234567.onnx" in fresh.name
+    onnx.checker.check_model(onnx.load(str(fresh)))

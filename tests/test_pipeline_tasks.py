@@ -75,6 +75,9 @@ ALL_ROWS = {("pytorch", "fp32"), ("pytorch", "int8"), ("onnx", "fp32"), ("onnx",
 KNOWN_GAPS: dict[str, set[tuple[str, str]]] = {}
 
 
+XDIST_SPLIT_BY = "task_run"  # one xdist group per configuration (tests/conftest.py)
+
+
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def task_run(request, tmp_path_factory):
     task = request.param

@@ -124,6 +124,48 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+def test_tidy_leaves_the_staging_of_a_running_writer_and_clears_a_dead_ones(tmp_path):
+    """A pipeline's export worker writes into the run while the main process starts its
+    next stage, whose tidy used to remove the worker's staging folder as a leftover."""
+    import subprocess
+    import sys
+
+    from hrnet_edge.io import OWNER, recover_partials
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.bin").write_text("old")
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from hrnet_edge.io import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'new.bin').write_text('new')\n"
+        "    print('writing', flush=True); sys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        staging = next(tmp_path.glob(".partial.model.*"))
+        assert (staging / OWNER).read_text().split()[0] == str(writer.pid)
+        assert recover_partials(tmp_path) == [] and staging.is_dir()  # alive: not a leftover
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+    assert (target / "new.bin").read_text() == "new" and not staging.exists()
+    # a writer killed mid-replace: the old folder was moved aside into the staging folder
+    dead = tmp_path / ".partial.model.dead"
+    (dead / ".replaced").mkdir(parents=True)
+    (dead / ".replaced" / "old.bin").write_text("old")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (dead / OWNER).write_text(f"{gone.stdout.strip()} 12345")
+    __import__("shutil").rmtree(target)
+    assert recover_partials(tmp_path) == [f"restored {target} (its replacement was interrupted)",
+                                          "removed the unfinished .partial.model.dead"]
+    assert (target / "old.bin").read_text() == "old"
+
+
 def test_export_of_some_targets_keeps_the_others_in_the_index(tmp_path):
     """``export --targets onnx`` used to rewrite exports/index.json with the ONNX rows
     only, and the next ``check`` then dropped every other artifact from the report."""

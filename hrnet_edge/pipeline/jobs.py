@@ -8,13 +8,34 @@ ExecuTorch); TFLite gets an ONNX file handed over. Models and images are loaded 
 from __future__ import annotations
 
 import copy
-from functools import cached_property
+import hashlib
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from hrnet_edge.errors import RunDirError
 from hrnet_edge.runconfig import RunConfig
 from hrnet_edge.runs import RunDir
 from converters.base import ExportJob, quantized_as
+
+
+@lru_cache(maxsize=1)
+def graph_code_key() -> str:
+    """sha256 of what shapes an exported ONNX graph besides the weights: the model and
+    export code (``hrnet_edge/models``, ``converters/onnx.py``, ``quantization``) and
+    the torch and onnx versions."""
+    import onnx
+    import torch
+
+    import converters
+    import quantization
+
+    h = hashlib.sha256(f"torch {torch.__version__} onnx {onnx.__version__}".encode())
+    files = [*(Path(__file__).resolve().parents[1] / "models").glob("*.py"),
+             Path(converters.__file__).resolve().parent / "onnx.py",
+             *Path(quantization.__file__).resolve().parent.glob("*.py")]
+    for f in sorted(files):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 class JobFactory:
@@ -86,10 +107,11 @@ class JobFactory:
         from hrnet_edge.models.blocks import upsample_form
 
         name = source if form == "interpolate" else f"{source}-{form}"
-        # named by the hash of what it was made from: a new checkpoint or QAT model never
-        # reuses an old intermediate file
+        # named by the hash of what it was made from, the weights and the code that writes
+        # the graph: a new checkpoint or QAT model, or an upgrade that changes the model's
+        # code or the exporter, never reuses an old intermediate file
         sha = self.qat_sha256 if source == "qat" else self.checkpoint_sha256
-        path = self.run.root / "intermediate" / f"{name}-{sha[:16]}.onnx"
+        path = self.run.root / "intermediate" / f"{name}-{sha[:16]}-{graph_code_key()[:8]}.onnx"
         if not path.is_file():
             model = self.qat_float_model if source == "qat" else self.model
             with upsample_form(model, form):
