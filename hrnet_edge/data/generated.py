@@ -10,11 +10,12 @@ interrupted run never leaves something that looks complete.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hrnet_edge.errors import DataError
@@ -82,8 +83,12 @@ def reuse_or_build(root: Path, params: dict, build: Callable[[Path], None], reus
 
 def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
     """``[fn(job) for job in jobs]``, in ``workers`` processes when there is more than one
-    of each (each job draws from its own seed, so the output does not depend on it)."""
+    of each (each job draws from its own seed, so the output does not depend on it).
+
+    The processes are spawned, not forked: a fork copies the locks that other threads of
+    the caller hold (a test runner's, a server's, the pool's own feeder), and a child then
+    waited forever on one of them."""
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             return list(pool.map(fn, jobs))
     return [fn(job) for job in jobs]
