@@ -7,6 +7,7 @@ in a narrow band and hides quantization and layout errors that real scenes expos
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -263,7 +264,7 @@ def pose_pipeline_run(tmp_path_factory):
 # --- what the tests of apps/ need beyond .venv (scripts/setup_apps.sh) -------------------
 # The README's test command sets HRNET_EDGE_REQUIRE_BROWSER=1: then a missing piece fails
 # the test instead of skipping it.
-APPS_REQUIRED = __import__("os").environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"
+APPS_REQUIRED = os.environ.get("HRNET_EDGE_REQUIRE_BROWSER") == "1"
 WEB_DIR = Path(__file__).resolve().parents[1] / "apps" / "web"
 
 
@@ -306,7 +307,7 @@ def runner_exit2(capsys, argv) -> str:
 # --- two test processes (scripts/test.sh: pytest -n 2 --dist loadgroup) -------------------
 # Each worker runs torch on one thread: two workers then fill the two cores without
 # OpenMP threads of one waiting for cores the other holds.
-if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
+if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 # How tests are grouped between the workers. A group runs whole in one worker, so what it
@@ -321,8 +322,9 @@ if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
 SHARED_RUNS = {"hardening_run": "hardening-run", "pose_pipeline_run": "pose-pipeline-run"}
 # The longest groups go first (scripts/test.sh keeps this order: --no-loadscope-reorder),
 # so that the two workers finish close together; measured with --durations on 2 cores.
-# On the Xeon: the pose pipeline's setup 452 s, det 279 s, cls about 250 s, the AVX2-cap
-# rerun 255 s, seg 189 s; the uint8, ExecuTorch and detection-head modules 150-180 s each.
+# On the Xeon, side by side: the pipelines' setups det 618 s, pose 550 s, cls 493 s,
+# seg 354 s, the AVX2-cap rerun 296 s; the uint8, ExecuTorch and detection-head modules
+# 150-200 s each.
 LONGEST_FIRST = ("pose-pipeline-run", "hardening-run", "tests/test_pipeline_tasks.py[cls]",
                  "tests/test_pipeline_det.py", "tests/test_cpu_families.py",
                  "tests/test_pipeline_tasks.py[seg]", "tests/test_uint8_input.py",
@@ -330,23 +332,21 @@ LONGEST_FIRST = ("pose-pipeline-run", "hardening-run", "tests/test_pipeline_task
 _TESTS_DIR = Path(__file__).resolve().parent
 
 
-def _module_groups() -> dict[str, str]:
-    """``tests/<module>.py`` -> the session run group it belongs to, if any."""
-    found = {}
+def _module_groups() -> tuple[dict[str, str], set[str]]:
+    """(``tests/<module>.py`` -> the session run group it belongs to, the modules that
+    name XDIST_SPLIT_BY), from one read of each test module."""
+    shared, split = {}, set()
     for path in sorted(_TESTS_DIR.glob("test_*.py")):
-        text = path.read_text()
+        text, module = path.read_text(), f"tests/{path.name}"
         used = [group for fixture, group in SHARED_RUNS.items() if re.search(rf"\b{fixture}\b", text)]
         if len(used) > 1:
             raise RuntimeError(f"{path.name} uses the session runs {used}: one module may use one "
                                "(each run has its own xdist group, tests/conftest.py)")
         if used:
-            found[f"tests/{path.name}"] = used[0]
-    return found
-
-
-def _split_modules() -> set[str]:
-    return {f"tests/{p.name}" for p in _TESTS_DIR.glob("test_*.py")
-            if re.search(r"^XDIST_SPLIT_BY = ", p.read_text(), re.M)}
+            shared[module] = used[0]
+        if re.search(r"^XDIST_SPLIT_BY = ", text, re.M):
+            split.add(module)
+    return shared, split
 
 
 def xdist_group_of(nodeid: str, shared: dict[str, str], split: set[str]) -> str:
@@ -366,7 +366,7 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    shared, split = _module_groups(), _split_modules()
+    shared, split = _module_groups()
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -376,8 +376,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    if not __import__("os").environ.get("PYTEST_XDIST_WORKER"):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    shared, split = _module_groups(), _split_modules()
+    shared, split = _module_groups()
     rank = {g: k for k, g in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(xdist_group_of(item.nodeid, shared, split), len(rank)))  # stable
