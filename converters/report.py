@@ -34,7 +34,8 @@ def build_report(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "eval": dataclasses.asdict(cfg.eval),
         "machine": {k: env.get(k) for k in ("processor", "cpu_count", "platform")},
         "versions": env.get("versions", {}),
-        "qat": qat and {k: qat[k][task.metric] for k in ("fp32", "ptq", "qat")},
+        "qat": qat and {**{k: qat[k][task.metric] for k in ("fp32", "ptq", "qat")},
+                        "schedule": qat.get("schedule")},
         "rows": rows,
         "device_rows": pair_with_checks(load_device_rows(run), rows, task.metric),
         "summary": {s: sum(r.get("status") == s for r in rows) for s in STATUS_TEXT},
@@ -66,9 +67,19 @@ def qat_verdict(ptq: float, qat: float, noise: float = QAT_NOISE) -> str:
         return f"QAT gains {gain:+.4f} over post-training quantization."
     if gain < -noise:
         return (f"QAT is {-gain:.4f} below post-training quantization on this run: the QAT schedule "
-                "([qat] epochs, lr) hurts here.")
+                "([qat] epochs, steps_per_epoch, lr) hurts here.")
     return (f"QAT changes the metric by {gain:+.4f} over post-training quantization, within the "
             f"{noise} that re-runs of one recipe move it: QAT adds nothing measurable on this run.")
+
+
+def _qat_schedule(schedule: dict[str, Any] | None) -> str:
+    """The QAT run in words (empty for a run from before the schedule was recorded)."""
+    if not schedule:
+        return ""
+    steps = f" of {schedule['steps_per_epoch']} steps" if schedule.get("steps_per_epoch") else ""
+    correction = "on" if schedule.get("bias_correction", True) else "off"
+    return (f" QAT: {schedule['epochs']} epoch(s){steps} at batch {schedule['batch_size']}, "
+            f"lr {schedule['lr']:g}; NNCF's bias correction {correction}.")
 
 
 def _photos(nat: dict[str, Any]) -> str:
@@ -99,7 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("qat"):
         q = report["qat"]
         lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}, "
-                     f"INT8 after QAT {q['qat']:.4f}. {qat_verdict(q['ptq'], q['qat'])}")
+                     f"INT8 after QAT {q['qat']:.4f}. {qat_verdict(q['ptq'], q['qat'])}"
+                     + _qat_schedule(q.get("schedule")))
     lines += ["", "| target | precision | status | size (KB) | ref | max abs / range | PSNR dB | cosine | "
               f"{report['agreement_label']} | on photos | {label} | drop | p50 ms | p90 ms | peak MB | note |",
               "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

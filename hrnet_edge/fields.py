@@ -44,7 +44,7 @@ RANGES: dict[tuple[str, str], Rule] = {
     ("train", "warmup_epochs"): at_least(0), ("train", "seed"): at_least(0),
     ("train", "val_every"): at_least(1),
     ("qat", "calibration_images"): at_least(1), ("qat", "epochs"): at_least(0),
-    ("qat", "lr"): positive(), ("qat", "batch_size"): at_least(1),
+    ("qat", "lr"): positive(), ("qat", "batch_size"): at_least(1), ("qat", "steps_per_epoch"): at_least(0),
     ("export", "calibration_images"): at_least(1),
     ("check", "threads"): at_least(1), ("check", "warmup"): at_least(0),
     ("check", "iterations"): at_least(1), ("check", "parity_images"): at_least(1),

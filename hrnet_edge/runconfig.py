@@ -84,12 +84,20 @@ class InitConfig:
 
 @dataclass(frozen=True)
 class QatConfig:
-    """NNCF quantization-aware training."""
+    """NNCF quantization-aware training.
+
+    ``steps_per_epoch``: stop each QAT epoch after this many batches (0: the whole
+    training set); under ``qat --nproc N`` the batches of each process. ``bias_correction``: NNCF's fast bias correction after the range
+    initialisation (its default); it can cost accuracy as well as time, see the
+    detection task's measurements.
+    """
 
     calibration_images: int = 64
     epochs: int = 1
     lr: float = 1e-5
     batch_size: int = 32
+    steps_per_epoch: int = 0
+    bias_correction: bool = True
 
 
 @dataclass(frozen=True)

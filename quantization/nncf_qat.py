@@ -67,6 +67,7 @@ def quantize_model(
     target_device: str = "cpu",
     ignored_scope: Sequence[str] | Any | None = None,
     batch_size: int = 1,
+    bias_correction: bool = True,
 ) -> nn.Module:
     """Insert INT8 fake quantizers with ranges calibrated on images (``nncf.quantize``).
 
@@ -84,6 +85,9 @@ def quantize_model(
             (e.g. ``["head/.*"]``) or an ``nncf.IgnoredScope``.
         batch_size: images per calibration forward; above 1 statistics stay per image
             (``batchwise_statistics``).
+        bias_correction: run NNCF's fast bias correction after the range
+            initialisation (NNCF's default). On the detection default it cost 11 of
+            24 s and brought the initialised INT8 box AP from 0.378 down to 0.247.
 
     Returns:
         The quantized model, in eval mode.
@@ -107,9 +111,12 @@ def quantize_model(
     device = _device_of(model)
     items = [images[i:i + batch_size] for i in range(0, n, batch_size)]
     advanced = None
-    if batch_size > 1:  # otherwise NNCF reduces each batch as if it were one image
+    if batch_size > 1 or not bias_correction:
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        advanced = AdvancedQuantizationParameters(batchwise_statistics=True)
+
+        # batch_size > 1: otherwise NNCF reduces each batch as if it were one image
+        advanced = AdvancedQuantizationParameters(batchwise_statistics=True if batch_size > 1 else None,
+                                                  disable_bias_correction=not bias_correction)
     was_training = model.training
     model.eval()  # calibrate with BatchNorm running statistics, as deployed
     try:

@@ -131,6 +131,8 @@ CONFIG_CASES = [
     cfg_case("qat-epochs-negative", "qat", "epochs = -1", "[qat] epochs must be >= 0, got -1"),
     cfg_case("qat-lr-zero", "qat", "lr = 0.0", "[qat] lr must be > 0, got 0.0"),
     cfg_case("qat-calibration-text", "qat", 'calibration_images = "many"', "[qat] calibration_images must be an integer"),
+    cfg_case("qat-steps-negative", "qat", "steps_per_epoch = -3", "[qat] steps_per_epoch must be >= 0, got -3"),
+    cfg_case("qat-bias-correction-text", "qat", 'bias_correction = "no"', "[qat] bias_correction must be true or false"),
     cfg_case("check-threads-zero", "check", "threads = 0", "[check] threads must be >= 1, got 0"),
     cfg_case("check-iterations-zero", "check", "iterations = 0", "[check] iterations must be >= 1, got 0"),
     cfg_case("check-eval-images-zero", "check", "eval_images = 0", "[check] eval_images must be >= 1, got 0"),

@@ -92,6 +92,17 @@ def test_every_runnable_row_passes(det_run):
 
 
 @pytest.mark.slow
+def test_qat_runs_the_detection_schedule(det_run):
+    """The task's QAT defaults reach the stage under the file's [qat] keys: 30 steps of
+    the epoch (40 batches of 8 here), no fast bias correction (see DetTask)."""
+    run, _ = det_run
+    qat = read_json(run / "qat" / "metrics.json")
+    assert qat["schedule"] == {"epochs": 1, "steps_per_epoch": 30, "batch_size": 8, "lr": 1e-4,
+                               "bias_correction": False}, qat["schedule"]
+    assert len(qat["history"]) == 1 and qat["history"][0]["train_loss"] > 0
+
+
+@pytest.mark.slow
 def test_metadata_carries_the_decoder(det_run):
     run, _ = det_run
     for meta_path in run.glob("exports/*/metadata.json"):

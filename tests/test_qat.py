@@ -194,6 +194,24 @@ def test_quantize_rejects_bad_calibration(float_model):
         quantize_model(float_model, images, ignored_scope=["normalise/.*"])
 
 
+def test_bias_correction_is_what_moves_a_bias():
+    """NNCF's fast bias correction rewrites biases of quantized convolutions (on the
+    detection head: the class predictor's); switched off, the quantized model keeps
+    every float parameter and buffer as it was."""
+    torch.manual_seed(0)
+    model = create_model("hrnet_w8_det", input_size=(64, 64), num_outputs=3, head_channels=16).eval()
+    calibration = torch.rand(8, 3, 64, 64).numpy()
+    float_state = model.state_dict()
+
+    def moved(qm):
+        state = qm.state_dict()
+        return [k for k, v in float_state.items() if k in state and not torch.equal(state[k], v)]
+
+    corrected = moved(quantize_model(model, calibration, bias_correction=True))
+    assert corrected and all(k.endswith(".bias") for k in corrected), corrected
+    assert moved(quantize_model(model, calibration, bias_correction=False)) == []
+
+
 # --- BatchNorm freezing ---------------------------------------------------------------
 
 def test_freeze_batchnorm_survives_train(float_model):
@@ -230,6 +248,20 @@ def test_finetune_trains_weights_and_scales_not_bn_stats(qat_model):
     assert not qm.training  # the mode it came in with
     bn = qm.backbone.stem[0][1]
     assert not bn._forward_pre_hooks  # the freeze was released
+
+
+def test_finetune_steps_per_epoch_stops_each_epoch_early(qat_model):
+    qm = copy.deepcopy(qat_model)
+    x, y = scenes(8, seed=14)
+    seen = []
+
+    def loss_fn(out, batch):
+        seen.append(int(batch[0].shape[0]))
+        return heatmap_loss(out, batch)
+
+    batches = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]  # 4 batches
+    finetune(qm, batches, loss_fn, epochs=2, lr=1e-4, steps_per_epoch=3, progress=False)
+    assert seen == [2] * 6  # 3 of the 4 batches in each of the 2 epochs
 
 
 def test_finetune_loss_goes_down_on_a_fixed_batch(qat_model):

@@ -62,6 +62,9 @@ def test_the_report_says_whether_qat_earned_its_place():
     assert "below post-training" in qat_verdict(0.75, 0.74)
     md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.79, "ptq": 0.746, "qat": 0.796}})
     assert "INT8 after QAT 0.7960. QAT gains +0.0500" in md
+    schedule = {"epochs": 1, "steps_per_epoch": 30, "batch_size": 16, "lr": 1e-4, "bias_correction": False}
+    md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.386, "ptq": 0.378, "qat": 0.386, "schedule": schedule}})
+    assert ("QAT: 1 epoch(s) of 30 steps at batch 16, lr 0.0001; NNCF's bias correction off." in md), md
 
 
 def test_export_warnings_reach_the_note_column():

@@ -75,7 +75,7 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
     lap("load")
     fp32 = world.from_main(lambda: evaluate_model(model, val_ds, cfg))
     lap("eval_fp32")
-    qm = quantize_model(model, calib)
+    qm = quantize_model(model, calib, bias_correction=cfg.qat.bias_correction)
     lap("nncf_quantize")
     ptq = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_ptq")
@@ -98,14 +98,19 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
                 sampler.set_epoch(epoch)
 
         losses = finetune(world.wrap(qm, sync_bn=False), loader, lambda out, batch: task.loss(out, batch, cfg),
-                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, progress=progress, on_epoch_end=next_epoch)
+                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, steps_per_epoch=cfg.qat.steps_per_epoch or None,
+                          progress=progress, on_epoch_end=next_epoch)
         history = [{"epoch": i + 1, "train_loss": world.mean(float(v))} for i, v in enumerate(losses)]
     lap("finetune")
     qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_qat")
-    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s) {label} {qat[m]:.4f}")
+    steps = f" of {cfg.qat.steps_per_epoch} steps" if cfg.qat.steps_per_epoch else ""
+    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s){steps} {label} {qat[m]:.4f}")
     result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
-              "source_checkpoint_sha256": sha}
+              "source_checkpoint_sha256": sha,
+              "schedule": {"epochs": cfg.qat.epochs, "steps_per_epoch": cfg.qat.steps_per_epoch or None,
+                           "batch_size": cfg.qat.batch_size, "lr": cfg.qat.lr,
+                           "bias_correction": cfg.qat.bias_correction}}
     if world.is_main:
         save_qat(qm, run.qat_dir, torch.from_numpy(calib[:1]))
         lap("save")
