@@ -87,9 +87,10 @@ class QatConfig:
     """NNCF quantization-aware training.
 
     ``steps_per_epoch``: stop each QAT epoch after this many batches (0: the whole
-    training set); under ``qat --nproc N`` the batches of each process. ``bias_correction``: NNCF's fast bias correction after the range
-    initialisation (its default); it can cost accuracy as well as time, see the
-    detection task's measurements.
+    training set); under ``qat --nproc N`` the batches of each process.
+    ``bias_correction``: NNCF's fast bias correction after the range initialisation
+    (its default); it can cost accuracy as well as time, see the detection task's
+    measurements.
     """
 
     calibration_images: int = 64
