@@ -82,6 +82,7 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
     m, label = task.metric, task.metric_label
     log(f"[qat] FP32 {label} {fp32[m]:.4f}; INT8 after NNCF init (PTQ) {label} {ptq[m]:.4f}")
     history = []
+    steps = cfg.qat.steps_per_epoch or None  # 0 in the configuration: the whole epoch
     if cfg.qat.epochs > 0:
         pin, sampler = place.device.type == "cuda", None
         if world.active:  # this process's slice of one shuffled order, reshuffled per epoch
@@ -98,17 +99,17 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
                 sampler.set_epoch(epoch)
 
         losses = finetune(world.wrap(qm, sync_bn=False), loader, lambda out, batch: task.loss(out, batch, cfg),
-                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, steps_per_epoch=cfg.qat.steps_per_epoch or None,
+                          epochs=cfg.qat.epochs, lr=cfg.qat.lr, steps_per_epoch=steps,
                           progress=progress, on_epoch_end=next_epoch)
         history = [{"epoch": i + 1, "train_loss": world.mean(float(v))} for i, v in enumerate(losses)]
     lap("finetune")
     qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_qat")
-    steps = f" of {cfg.qat.steps_per_epoch} steps" if cfg.qat.steps_per_epoch else ""
-    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s){steps} {label} {qat[m]:.4f}")
+    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s){f' of {steps} steps' if steps else ''} {label} "
+        f"{qat[m]:.4f}")
     result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
               "source_checkpoint_sha256": sha,
-              "schedule": {"epochs": cfg.qat.epochs, "steps_per_epoch": cfg.qat.steps_per_epoch or None,
+              "schedule": {"epochs": cfg.qat.epochs, "steps_per_epoch": steps,
                            "batch_size": cfg.qat.batch_size, "lr": cfg.qat.lr,
                            "bias_correction": cfg.qat.bias_correction}}
     if world.is_main:
