@@ -84,6 +84,26 @@ def test_float_parity(artifacts, settled_pose_model, images, parity, precision):
     assert p["argmax_agreement"] >= (1.0 if precision == "fp32" else 0.95), p
 
 
+def test_float_only_conversion_skips_the_saved_model(setup, settled_pose_model, images, parity):
+    """A conversion without calibration (the pipeline's float exports) keeps onnx2tf from
+    writing its SavedModel, which only the full-integer conversion reads; the float
+    model it writes still matches PyTorch, and TensorFlow's own save is back after."""
+    import tensorflow as tf
+
+    import converters.tflite as tfl
+
+    root, _, job = setup
+    save = tf.saved_model.save
+    art = TfliteTarget().export(job("fp32", root / "tflite-float-only",
+                                    options={"reuse_conversion": False}))
+    assert tf.saved_model.save is save
+    written = {p.name for p in tfl._LAST.out.iterdir()}
+    assert {"model_float32.tflite", "model_float16.tflite"} <= written, written
+    assert not written & {"saved_model.pb", "variables"}, written
+    p = parity(TfliteTarget().load(art.path.parent)(images), _torch(settled_pose_model, images))
+    assert p["rel"] < REL["fp32"] and p["argmax_agreement"] == 1.0, p
+
+
 def test_int8_parity(artifacts, settled_pose_model, images, parity):
     runner = TfliteTarget().load(artifacts["int8"].path.parent)
     assert runner.adapter.input["dtype"] == np.float32  # float I/O, quantized inside (the device adapter)
