@@ -76,6 +76,11 @@ class ModelConfig:
         num_outputs: keypoints (pose), classes (seg, det, cls).
         input_size: default (height, width).
         head_channels: channels of the detection pyramid and tower.
+        det_tower_convs: conv + BatchNorm + ReLU layers in each pyramid level's detection
+            tower (FCOS uses 4 at 256 channels). The edge widths use 1: on the built-in
+            data the pipeline's default (32 channels, 128x128) trained to a higher box AP
+            with one than with two in the same 20 epochs (0.420 against 0.386, Xeon), at
+            13 % fewer MACs.
         cls_planes / cls_features: the classification head's bottleneck planes per
             branch (x4 channels out) and the channels before pooling. The papers use
             (32, 64, 128, 256) and 2048 at every width (about 10 M of W18's 21 M
@@ -106,6 +111,7 @@ class ModelConfig:
     cls_features: int = 2048
     pose_head: str = "v1"
     det_levels: int = 4
+    det_tower_convs: int = 2
     head_upsample_mode: str = "bilinear"
     head_align_corners: bool = False
     normalize_in_graph: bool = True
@@ -135,6 +141,8 @@ class ModelConfig:
                               f"got {self.cls_planes}, {self.cls_features}")
         if not 1 <= self.det_levels <= 5:
             raise ConfigError("det_levels must be between 1 and 5")
+        if not 1 <= self.det_tower_convs <= 4:
+            raise ConfigError(f"det_tower_convs must be between 1 and 4, got {self.det_tower_convs}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -255,6 +263,7 @@ def _build_table() -> dict[str, ModelConfig]:
                 defaults["input_size"] = pub["input_size"]
             if width_name in EDGE_WIDTHS:
                 defaults["head_channels"] = 64
+                defaults["det_tower_convs"] = 1
                 defaults["pose_head"] = "v2"
                 if task == "cls":
                     branches = tuple(backbone.width * 2 ** i for i in range(4))

@@ -88,6 +88,25 @@ def test_pose_heads_v1_and_v2():
         get_config("hrnet_w8_pose", pose_head="v3")
 
 
+def test_det_tower_depth():
+    """The edge widths' detection towers have one conv + BatchNorm + ReLU, the papers'
+    widths two; the field sets it for any width and is checked."""
+    w8 = create_model("hrnet_w8_det", head_channels=16)
+    assert w8.cfg.det_tower_convs == 1
+    assert [len(t) for t in w8.head.towers] == [1] * w8.cfg.det_levels
+    w8x3 = create_model("hrnet_w8_det", head_channels=16, det_tower_convs=3)
+    assert [len(t) for t in w8x3.head.towers] == [3] * w8.cfg.det_levels
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # two more 3x3 convs (16 -> 16, with bias folded into BatchNorm) and BatchNorms per level
+    assert params(w8x3) - params(w8) == w8.cfg.det_levels * 2 * (16 * 16 * 9 + 2 * 16)
+    x = torch.rand(1, 3, 64, 64)
+    assert w8(x).shape == w8x3(x).shape
+    assert get_config("hrnet_w18_det").det_tower_convs == 2
+    for bad in (0, 5):
+        with pytest.raises(ConfigError, match="det_tower_convs"):
+            get_config("hrnet_w8_det", det_tower_convs=bad)
+
+
 def test_overrides_replace_and_do_not_leak():
     base = get_config("hrnet_w8_pose")
     cfg = get_config("hrnet_w8_pose", width=12, input_size=(128, 96), upsample_mode="bilinear")

@@ -72,7 +72,7 @@ class DetHead(nn.Module):
     """HRNetV2p detection: a pyramid made by average-pooling the V2 output, and a light
     anchor-free (FCOS-style) head.
 
-    Each level has its own tower (two conv + BatchNorm + ReLU); the box, centerness and
+    Each level has its own tower (``tower_convs`` conv + BatchNorm + ReLU); the box, centerness and
     class predictors are shared across levels. A tower shared across levels does not
     work with BatchNorm: the levels' statistics differ (average pooling changes them),
     one BatchNorm learns a mixture that matches no level, and the eval-mode model
@@ -90,7 +90,7 @@ class DetHead(nn.Module):
     """
 
     def __init__(self, channels: tuple[int, ...], num_classes: int, head_channels: int,
-                 levels: int, mode: str, align_corners: bool):
+                 levels: int, mode: str, align_corners: bool, tower_convs: int = 2):
         super().__init__()
         self.levels = levels
         self.concat = ConcatUp(mode, align_corners)
@@ -99,7 +99,7 @@ class DetHead(nn.Module):
             nn.Conv2d(head_channels, head_channels, 3, padding=1) for _ in range(levels)
         )
         self.towers = nn.ModuleList(
-            nn.Sequential(conv_bn(head_channels, head_channels), conv_bn(head_channels, head_channels))
+            nn.Sequential(*(conv_bn(head_channels, head_channels) for _ in range(tower_convs)))
             for _ in range(levels)
         )
         self.box = nn.Conv2d(head_channels, 4, 3, padding=1)

@@ -44,7 +44,7 @@ class HRNet(nn.Module):
             self.head = SegHead(ch, cfg.num_outputs, cfg.head_upsample_mode, cfg.head_align_corners)
         elif cfg.task == "det":
             self.head = DetHead(ch, cfg.num_outputs, cfg.head_channels, cfg.det_levels,
-                                cfg.head_upsample_mode, cfg.head_align_corners)
+                                cfg.head_upsample_mode, cfg.head_align_corners, cfg.det_tower_convs)
         else:
             self.head = ClsHead(ch, cfg.num_outputs, cfg.cls_planes, cfg.cls_features)
         self._init_weights()
