@@ -97,7 +97,7 @@ def test_det_tower_depth():
     w8x3 = create_model("hrnet_w8_det", head_channels=16, det_tower_convs=3)
     assert [len(t) for t in w8x3.head.towers] == [3] * w8.cfg.det_levels
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    # two more 3x3 convs (16 -> 16, with bias folded into BatchNorm) and BatchNorms per level
+    # per level, two more bias-free 3x3 convs (16 -> 16) and their BatchNorms' weight and bias
     assert params(w8x3) - params(w8) == w8.cfg.det_levels * 2 * (16 * 16 * 9 + 2 * 16)
     x = torch.rand(1, 3, 64, 64)
     assert w8(x).shape == w8x3(x).shape

@@ -91,9 +91,9 @@ class DetTask(Task):
         # FCOS's small predictor start and the loss's range term, short schedules
         # scattered (0.13-0.24 at 12-14 epochs) and 20 epochs reached 0.326 (AMD EPYC);
         # with both, 0.386 at 20 epochs (Intel Xeon). With the edge widths' one-conv
-        # towers (Xeon): 20 epochs 0.420, 16 epochs 0.378, 14 epochs 0.352 (and the run
-        # under 10 minutes). Validation at the middle and the last epoch keeps the run
-        # short (an evaluation of the early, unsure model costs up to 5 s).
+        # towers (Xeon): 20 epochs 0.420, 16 epochs 0.378, 14 epochs 0.352 (and a run
+        # 45 s shorter than at 16: 601-674 s there). Validation at the middle and the last
+        # epoch keeps the run short (an evaluation of the early model costs up to 5 s).
         "quick": {"epochs": 14, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "optimizer": "adamw",
                   "schedule": "cosine", "warmup_epochs": 1, "val_every": 7},
         # HRNetV2p on COCO (Wang et al. 2020, Faster R-CNN 2x): SGD lr 0.02, momentum 0.9,
