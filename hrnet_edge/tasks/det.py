@@ -92,7 +92,7 @@ class DetTask(Task):
         # scattered (0.13-0.24 at 12-14 epochs) and 20 epochs reached 0.326 (AMD EPYC);
         # with both, 0.386 at 20 epochs (Intel Xeon). With the edge widths' one-conv
         # towers (Xeon): 20 epochs 0.420, 16 epochs 0.378, 14 epochs 0.352 (and a run
-        # 45 s shorter than at 16: 601-674 s there). Validation at the middle and the last
+        # 45 s shorter than at 16: 601-699 s there). Validation at the middle and the last
         # epoch keeps the run short (an evaluation of the early model costs up to 5 s).
         "quick": {"epochs": 14, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "optimizer": "adamw",
                   "schedule": "cosine", "warmup_epochs": 1, "val_every": 7},
