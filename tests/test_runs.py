@@ -95,8 +95,15 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         load_model_weights(model, corrupt)
     path = save_checkpoint(tmp_path / "w16.safetensors", create_model("hrnet_w16_pose"), {})
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit") as err:
         load_model_weights(model, path)
+    assert "det_tower_convs" not in str(err.value)
+    # a detection checkpoint with two-conv towers (the edge widths' before they had one)
+    det = dict(input_size=(64, 64), num_outputs=3, head_channels=8)
+    two = save_checkpoint(tmp_path / "two.safetensors", create_model("hrnet_w8_det", det_tower_convs=2, **det), {})
+    with pytest.raises(CheckpointError, match="towers have 2 conv layers and this model's 1: set det_tower_convs = 2"):
+        load_model_weights(create_model("hrnet_w8_det", **det), two)
+    load_model_weights(create_model("hrnet_w8_det", det_tower_convs=2, **det), two)  # as the hint says
     # the state is inside the checkpoint: its JSON copy is not needed to read it
     path = save_checkpoint(tmp_path / "w8.safetensors", model, {"epoch": 2})
     path.with_suffix(".json").unlink()

@@ -109,6 +109,23 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
 
 
+def _tower_depth(keys: set[str]) -> int:
+    """Conv layers in the first detection tower (``head.towers.0.<layer>.*``), 0 if none."""
+    layers = {k.split(".")[3] for k in keys if k.startswith("head.towers.0.")}
+    return len(layers)
+
+
+def _tower_hint(saved: set[str], expected: set[str]) -> str:
+    """What to set when only the detection towers' depth differs: runs made before the
+    edge widths' towers went from two convs to one hold two-conv checkpoints."""
+    have, want = _tower_depth(saved), _tower_depth(expected)
+    if not have or not want or have == want:
+        return ""
+    return (f"; its detection towers have {have} conv layers and this model's {want}: set "
+            f"det_tower_convs = {have} in the run's model_overrides (config.json) or "
+            f"under [model_overrides] in its configuration file")
+
+
 def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     """Load model weights from ``path`` strictly; return the sidecar state."""
     tensors = load_tensors(path)
@@ -122,6 +139,7 @@ def load_model_weights(model: nn.Module, path: Path) -> dict[str, Any]:
             f"checkpoint {path} does not fit this model: {len(missing)} missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(wrong)} with another shape {wrong[:3]} (was it trained with another variant?)"
+            + _tower_hint(set(weights), set(expected))
         )
     model.load_state_dict(weights)
     if _embedded_state(path) is None and not Path(path).with_suffix(".json").is_file():
