@@ -116,8 +116,9 @@ def _tower_depth(keys: set[str]) -> int:
 
 
 def _tower_hint(saved: set[str], expected: set[str]) -> str:
-    """What to set when only the detection towers' depth differs: runs made before the
-    edge widths' towers went from two convs to one hold two-conv checkpoints."""
+    """What to set when the checkpoint's detection towers have another depth than the
+    model's (runs made before the edge widths' towers went from two convs to one hold
+    two-conv checkpoints); empty otherwise."""
     have, want = _tower_depth(saved), _tower_depth(expected)
     if not have or not want or have == want:
         return ""
