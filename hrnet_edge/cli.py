@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from hrnet_edge.console import attach
+
+    attach()  # a child of a redirected run: the terminal its parent passed
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

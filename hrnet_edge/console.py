@@ -24,6 +24,25 @@ _out: TextIO | None = None  # the terminal while chatter goes to a log
 _fd: int | None = None  # its file descriptor, for children
 
 
+# ENV_FD's value for a child that got the log as stdout and the terminal as stderr
+# (torchrun's processes: torchrun passes them no other descriptor); see attach().
+STDERR_IS_TERMINAL = "stderr"
+
+
+def attach() -> None:
+    """At a process's start: a child of a redirected run takes the terminal its parent
+    passed. One that got the terminal as stderr (:data:`STDERR_IS_TERMINAL`) moves it
+    to a descriptor of its own and sends stderr to the log beside stdout."""
+    global _out, _fd
+    if _out is None and os.environ.get(ENV_FD) == STDERR_IS_TERMINAL:
+        sys.stderr.flush()
+        _fd = os.dup(2)
+        os.dup2(1, 2)
+        _out = open(_fd, "w", buffering=1, closefd=False)
+        os.environ[ENV_FD] = str(_fd)  # its own children (with child_console) inherit it as usual
+    _attached()
+
+
 def _attached() -> TextIO | None:
     global _out, _fd
     if _out is None and os.environ.get(ENV_FD, "").isdigit():

@@ -42,7 +42,7 @@ RANGES: dict[tuple[str, str], Rule] = {
     ("train", "momentum"): in_unit(), ("train", "poly_power"): positive(),
     ("train", "milestones"): at_least(1), ("train", "label_smoothing"): in_unit(),
     ("train", "warmup_epochs"): at_least(0), ("train", "seed"): at_least(0),
-    ("train", "val_every"): at_least(1),
+    ("train", "val_every"): at_least(1), ("train", "processes"): at_least(1),
     ("qat", "calibration_images"): at_least(1), ("qat", "epochs"): at_least(0),
     ("qat", "lr"): positive(), ("qat", "batch_size"): at_least(1), ("qat", "steps_per_epoch"): at_least(0),
     ("export", "calibration_images"): at_least(1),

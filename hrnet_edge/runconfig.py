@@ -47,6 +47,10 @@ class TrainConfig:
     # run's total batch (batch_size x processes), the linear scaling rule of Goyal et
     # al. 2017; unset, lr is used as given at any number of processes.
     lr_reference_batch: int | None = None
+    # Training processes on this machine: above 1, `train` and `pipeline` start them
+    # through torchrun (DistributedDataParallel; gloo on the CPU, one thread each; one
+    # CUDA device each). `train --nproc N` overrides it for one command.
+    processes: int = 1
     sync_bn: bool = False  # BatchNorm statistics over the whole batch of all processes
     # Weights and images in channels-last memory order while training (the same
     # arithmetic; oneDNN's and cuDNN's faster convolution kernels): hrnet_w8_det at

@@ -136,6 +136,10 @@ def load_config(run: RunDir) -> RunConfig:
     """The run's stored configuration; a damaged config.json is a RunDirError."""
     try:
         data = read_json(run.config_path)
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            # written before [train] processes existed: those runs trained in one
+            # process (or with --nproc), whatever the recipe says now
+            data["train"].setdefault("processes", 1)
         return run_config_from_dict(data)
     except ConfigError as exc:
         raise RunDirError(f"{run.config_path} is not a valid run configuration ({exc}); "

@@ -104,6 +104,9 @@ def test_auto_device_is_the_ranks_gpu_when_cuda_is_there(monkeypatch):
     assert dev.resolve_device("cpu", local_rank=1) == torch.device("cpu")
     with pytest.raises(ConfigError, match=r"would use cuda:2, but this machine has 2 CUDA device\(s\)"):
         dev.resolve_device("cuda", local_rank=2)
+    # auto too: more processes than GPUs (e.g. the detection recipe's 2 on one GPU) is an error
+    with pytest.raises(ConfigError, match=r"'auto': process 2 would use cuda:2, but this machine has 2"):
+        dev.resolve_device("auto", local_rank=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dev.resolve_device("auto", local_rank=1) == torch.device("cpu")
 

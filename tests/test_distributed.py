@@ -160,6 +160,28 @@ def test_train_nproc_through_the_cli_ends_with_a_finished_run(wrapped_run):
     assert math.isfinite(state["history"][0]["train_loss"])
 
 
+def test_train_processes_in_the_config_start_torchrun_and_nproc_overrides_it(tmp_path):
+    """``[train] processes = 2`` (what the detection quick recipe sets): ``hrnet-edge train``
+    starts torchrun without ``--nproc``; ``--nproc 1`` trains the same run config in one
+    process."""
+    from hrnet_edge.runs import training_state
+    from hrnet_edge.runs import open_run
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(batch=4, per_class=8, epochs=1).replace("[train]\n", "[train]\nprocesses = 2\n"))
+    base = [sys.executable, "-m", "hrnet_edge.cli", "train", "--config", str(cfg), "--no-progress"]
+    out = _command(tmp_path, [*base, "--run", str(tmp_path / "two")])
+    assert "[train] 2 processes: torch.distributed.run --standalone --nproc-per-node=2" in out
+    assert "OMP_NUM_THREADS" not in out  # torchrun's notice: the command sets one thread itself
+    state = training_state(open_run(tmp_path / "two")[0])
+    assert state["step"] == 2 and [r["processes"] for r in state["ran_on"]] == [2]  # 16 / (2 x 4)
+    out = _command(tmp_path, [*base, "--nproc", "1", "--run", str(tmp_path / "one")])
+    assert "processes:" not in out and "[train] best" in out
+    run, loaded = open_run(tmp_path / "one")
+    state = training_state(run)
+    assert loaded.train.processes == 2 and state["step"] == 4 and [r["processes"] for r in state["ran_on"]] == [1]
+
+
 def test_qat_under_torchrun_gives_a_finished_qat_stage(wrapped_run):
     """``torchrun -m hrnet_edge.cli qat`` with 2 processes: process 0 alone logs and writes;
     the stage is finished (metrics.json with the QAT files' hashes), and a second run

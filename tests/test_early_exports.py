@@ -1,6 +1,6 @@
 """The pipeline's float exports begun beside QAT (stages.start_early_exports): the export
 stage collects them as if it had made them, a stopped worker leaves nothing half-written,
-and a worker runs at low priority and ends with the process that started it.
+and a worker ends with the process that started it.
 
 Each test starts from a copy of the tiny finished QAT run of ``hardening_run`` (ONNX fp32
 and int8 planned), with ``[export] parallel`` switched on.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hrnet_edge.pipeline.stages import EARLY_NICE, planned_exports, stage_export, start_early_exports
+from hrnet_edge.pipeline.stages import planned_exports, stage_export, start_early_exports
 from hrnet_edge.runs import open_run, tidy_run
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -50,6 +50,17 @@ def test_the_export_stage_collects_the_early_float_exports(hardening_run, tmp_pa
     # The same artifact as the export stage makes alone: the next export keeps it.
     again = stage_export(run, cfg, log=_quiet)
     assert [r["reason"] for r in again] == ["kept (exists)", "kept (exists)"]
+
+
+def test_the_longest_float_export_goes_first(hardening_run, tmp_path):
+    """ExecuTorch's float lowering (the longest) starts beside QAT; the others keep the
+    planned order, and no INT8 export is among them."""
+    from hrnet_edge.pipeline.stages import early_pairs
+
+    _run, cfg = _qat_run(hardening_run, tmp_path)
+    cfg = dataclasses.replace(cfg, export=dataclasses.replace(
+        cfg.export, targets=("onnx", "tflite", "executorch"), precisions=("fp32", "fp16", "int8")))
+    assert early_pairs(cfg) == [("executorch", "fp32"), ("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16")]
 
 
 def test_nothing_to_overlap_means_no_worker(hardening_run, tmp_path):
@@ -100,7 +111,8 @@ def test_the_worker_ends_when_the_process_that_started_it_is_killed(hardening_ru
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     pid = int(parent.stdout.readline())
     assert _alive(pid)
-    assert os.getpriority(os.PRIO_PROCESS, pid) == EARLY_NICE  # it runs in the time QAT leaves
+    # the pipeline's own priority: QAT runs one thread beside it (EarlyExports)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
     parent.kill()  # SIGKILL: no cleanup of its own runs
     parent.wait()
     deadline = time.time() + 20
@@ -134,6 +146,10 @@ def test_no_stage_tidies_the_run_while_the_early_worker_writes(hardening_run, tm
         events.append("tidy")
         return tidy(run)
 
+    from hrnet_edge.pipeline import cli
+
+    threads, set_threads = [], cli._threads
+    monkeypatch.setattr(cli, "_threads", lambda cfg, n=None: (threads.append((n, events[-1:])), set_threads(cfg, n)))
     monkeypatch.setattr(stages.EarlyExports, "__init__", started)
     monkeypatch.setattr(stages.EarlyExports, "finish", finished)
     monkeypatch.setattr(runs, "tidy_run", tidied)
@@ -148,5 +164,7 @@ def test_no_stage_tidies_the_run_while_the_early_worker_writes(hardening_run, tm
     between = events[events.index("early started"):events.index("early collected")]
     assert "tidy" not in between, events
     assert events.count("tidy") >= 2  # before training, and again for the checks
+    # QAT ran in one thread, after the worker started: each has a core (EarlyExports)
+    assert (1, ["early started"]) in threads, threads
     index = json.loads((root / "exports" / "index.json").read_text())
     assert [r["status"] for r in index] == ["exported", "exported"], index

@@ -127,6 +127,7 @@ CONFIG_CASES = [
     cfg_case("optimizer", "train", 'optimizer = "adam"', "[train] optimizer 'adam' is not known; valid: adamw, sgd"),
     cfg_case("schedule", "train", 'schedule = "linear"', "[train] schedule 'linear' is not known"),
     cfg_case("val-every-zero", "train", "val_every = 0", "[train] val_every must be >= 1, got 0"),
+    cfg_case("processes-zero", "train", "processes = 0", "[train] processes must be >= 1, got 0"),
     cfg_case("train-key-typo", "train", "epoch = 3", "unknown key(s) ['epoch'] in [train]"),
     cfg_case("qat-epochs-negative", "qat", "epochs = -1", "[qat] epochs must be >= 0, got -1"),
     cfg_case("qat-lr-zero", "qat", "lr = 0.0", "[qat] lr must be > 0, got 0.0"),

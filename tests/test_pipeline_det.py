@@ -26,8 +26,9 @@ synthetic_val_images = 24
 workers = 0
 [train]
 epochs = 5
-batch_size = 8
+batch_size = 4
 lr = 0.005
+lr_reference_batch = 8
 [eval]
 agreement_score = 0.1
 [qat]

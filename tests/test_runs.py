@@ -24,6 +24,20 @@ def test_default_config_round_trips(tmp_path):
     assert load_run_config(path) == cfg
 
 
+def test_a_run_written_before_train_processes_keeps_one_process(tmp_path):
+    """The detection quick recipe trains in 2 processes now; a run whose config.json
+    predates ``[train] processes`` trained in one, and resumes in one."""
+    cfg = load_run_config(None, model="hrnet_w8_det")
+    assert cfg.train.processes == 2  # the recipe's
+    run = init_run(tmp_path / "r", cfg)
+    data = json.loads(run.config_path.read_text())
+    assert data["train"]["processes"] == 2
+    del data["train"]["processes"]
+    run.config_path.write_text(json.dumps(data))
+    _run, loaded = open_run(run.root)
+    assert loaded.train.processes == 1 and loaded.train.epochs == cfg.train.epochs
+
+
 def test_toml_config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('model = "hrnet_w16_pose"\n[train]\nepochs = 3\n[model_overrides]\ninput_size = [64, 64]\n')

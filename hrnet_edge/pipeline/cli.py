@@ -37,13 +37,14 @@ def add_parsers(sub, command) -> None:
     p = sub.add_parser("train", help="train the run's model on [train] device, in [train] precision "
                                      "(resumes if interrupted)")
     _run_args(p, config=True)
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train with N processes on this machine through torchrun (DistributedDataParallel: "
-                        "one per GPU, or CPU workers with gloo); [train] batch_size is per process")
+                        "one per GPU, or CPU workers with gloo); [train] batch_size is per process "
+                        "(default: the run's [train] processes)")
     p = sub.add_parser("qat", help="NNCF INT8 init + quantization-aware fine-tuning")
     _run_args(p)
     p.add_argument("--force", action="store_true", help="redo QAT even if the run has it")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="fine-tune with N processes on this machine through torchrun, as train --nproc; "
                         "[qat] batch_size is per process")
     p = sub.add_parser("export", help="export to every target and precision")
@@ -138,18 +139,17 @@ def _run_log(args, run, name: str):
         say(f"[{name}] what the libraries printed: {path}")
 
 
-def _threads(cfg) -> None:
+def _threads(cfg, threads: int | None = None) -> None:
     import torch
 
-    torch.set_num_threads(max(1, cfg.check.threads))
+    torch.set_num_threads(threads or max(1, cfg.check.threads))
 
 
 def cmd_train(args) -> int:
     from hrnet_edge.pipeline.stages import stage_train
     from hrnet_edge.training import distributed
 
-    if _wants_torchrun(args):
-        return _torchrun(args, allow_new=True)
+    _nproc(args)  # a bad --nproc is an error before the run directory is touched
     world = distributed.context()  # under torchrun: join the other processes
     if not world.is_main:  # process 0 sets the run directory up; the others only read it
         from hrnet_edge.runs import open_run
@@ -160,6 +160,10 @@ def cmd_train(args) -> int:
         world.close()
         return 0
     run, cfg = _init(args, allow_new=True)
+    if not distributed.launched():
+        nproc = _nproc(args, cfg.train.processes)
+        if nproc > 1 and not _finished(run, cfg):  # --nproc, else [train] processes
+            return _torchrun(args, run, cfg, nproc, "train")
     world.barrier()
     with _run_log(args, run, "train"):
         if not world.active:  # torchrun sets each process's threads (OMP_NUM_THREADS)
@@ -170,34 +174,67 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _wants_torchrun(args) -> bool:
-    """Whether this command is to start torchrun (``--nproc`` above 1, outside torchrun)."""
+def _finished(run, cfg) -> bool:
+    """Whether the run's training has reached [train] epochs (then one process reports it:
+    no torchrun is started for nothing)."""
     from hrnet_edge.errors import HRNetEdgeError
-    from hrnet_edge.training import distributed
+    from hrnet_edge.runs import training_state
 
-    nproc = getattr(args, "nproc", 1)
+    try:
+        state = training_state(run)
+    except (HRNetEdgeError, OSError, ValueError):
+        return False  # a damaged checkpoint: the training path says what is wrong with it
+    return bool(state) and state.get("epoch", 0) >= cfg.train.epochs
+
+
+def _nproc(args, default: int = 1) -> int:
+    """The processes a ``train`` or ``qat`` command is to run in: ``--nproc``, else
+    ``default`` (``train``: the run's ``[train] processes``)."""
+    from hrnet_edge.errors import HRNetEdgeError
+
+    nproc = getattr(args, "nproc", None)
+    nproc = default if nproc is None else nproc
     if nproc < 1:
         raise HRNetEdgeError(f"--nproc must be >= 1, got {nproc}")
-    return nproc > 1 and not distributed.launched()
+    return nproc
 
 
-def _torchrun(args, allow_new: bool) -> int:
-    """``hrnet-edge train|qat --nproc N``: set the run up here (a bad configuration is one
-    line, as without --nproc), then run the command in N processes through torchrun."""
+def _torchrun(args, run, cfg, nproc: int, command: str) -> int:
+    """Run ``train`` or ``qat`` of the set-up ``run`` in ``nproc`` processes through
+    torchrun (the run was set up here first: a bad configuration is one line, as with
+    one process).
+
+    Inside a run whose library output goes to a log (``pipeline``), torchrun's
+    processes get the log as stdout and the terminal as stderr, and each one swaps
+    them back at start (:func:`hrnet_edge.console.attach`): the project's lines and
+    progress bars reach the terminal, the libraries' output the log."""
     import subprocess
     import sys
 
-    from hrnet_edge.errors import HRNetEdgeError
+    from hrnet_edge.console import ENV_FD, STDERR_IS_TERMINAL, child_console
+    from hrnet_edge.errors import ConfigError, HRNetEdgeError
+    from hrnet_edge.pipeline.stages import child_start
+    from hrnet_edge.training.device import resolve_device
 
-    run, _cfg = _init(args, allow_new=allow_new)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "hrnet_edge.cli", args.command, "--run-dir", str(run.root)]
-    flags = ("--no-progress", "--verbose", "--force")
+    for rank in range(nproc):  # a CUDA device per process: checked before any process starts
+        try:
+            resolve_device(cfg.train.device, rank)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; run fewer processes ([train] processes, or --nproc)") from None
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "hrnet_edge.cli", command, "--run-dir", str(run.root)]
+    flags = ("--no-progress", "--verbose") + (("--force",) if command == "qat" else ())
     cmd += [flag for flag in flags if getattr(args, flag[2:].replace("-", "_"), False)]
-    say(f"[{args.command}] {args.nproc} processes: {' '.join(cmd[2:])}")
-    rc = subprocess.run(cmd).returncode
+    say(f"[{command}] {nproc} processes: {' '.join(cmd[2:])}")
+    env, fds = child_console()
+    stderr = None
+    if fds:  # torchrun passes its processes no descriptor but 0, 1 and 2
+        env[ENV_FD], stderr = STDERR_IS_TERMINAL, fds[0]
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own choice, without its notice about it
+    # a killed pipeline or train command takes torchrun (and torchrun its processes) with it
+    rc = subprocess.run(cmd, env=env, stderr=stderr, preexec_fn=child_start).returncode
     if rc != 0:
-        what, kept = ("training", "every completed epoch") if args.command == "train" else ("QAT", "the trained model")
+        what, kept = ("training", "every completed epoch") if command == "train" else ("QAT", "the trained model")
         raise HRNetEdgeError(
             f"distributed {what} stopped: torchrun exited with status {rc} (a process failed or was "
             f"killed; its error is above). {run.root} keeps {kept}: run the same command again to resume")
@@ -226,8 +263,9 @@ def cmd_qat(args) -> int:
     from hrnet_edge.runs import open_run
     from hrnet_edge.training import distributed
 
-    if _wants_torchrun(args):
-        return _torchrun(args, allow_new=False)
+    if not distributed.launched() and _nproc(args) > 1:
+        run, cfg = _init(args, allow_new=False)
+        return _torchrun(args, run, cfg, _nproc(args), "qat")
     world = distributed.context()  # under torchrun: join the other processes
     root = world.from_main(lambda: _qat_plan(args))  # the same decision in every process
     if root is None:
@@ -240,7 +278,7 @@ def cmd_qat(args) -> int:
         return 0
     with _run_log(args, run, "qat"):
         if not world.active:  # torchrun sets each process's threads (OMP_NUM_THREADS)
-            _threads(cfg)
+            _threads(cfg, getattr(args, "qat_threads", None))  # the pipeline's: 1 beside its export worker
         stage_qat(run, cfg, progress=not args.no_progress)
     world.close()
     return 0
@@ -348,6 +386,7 @@ def cmd_pipeline(args) -> int:
                         # the worker's staging folders are not leftovers: the next stages
                         # must not clear them away (the run was tidied before training)
                         ns.tidy = False
+                        ns.qat_threads = 1  # the worker has the other core (EarlyExports)
                 elif name == "export":
                     early, ns.tidy = None, True
         except BaseException:

@@ -91,11 +91,17 @@ class DetTask(Task):
         # FCOS's small predictor start and the loss's range term, short schedules
         # scattered (0.13-0.24 at 12-14 epochs) and 20 epochs reached 0.326 (AMD EPYC);
         # with both, 0.386 at 20 epochs (Intel Xeon). With the edge widths' one-conv
-        # towers (Xeon): 20 epochs 0.420, 16 epochs 0.378, 14 epochs 0.352 (and a run
-        # 45 s shorter than at 16: 601-699 s there). Validation at the middle and the last
-        # epoch keeps the run short (an evaluation of the early model costs up to 5 s).
-        "quick": {"epochs": 14, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "optimizer": "adamw",
-                  "schedule": "cosine", "warmup_epochs": 1, "val_every": 7},
+        # towers (Xeon), one process of batch 8 at lr 1e-2: 20 epochs 0.420, 16 epochs
+        # 0.378, 14 epochs 0.352. A step of 8 images is mostly per-op overhead, so a
+        # second thread adds ~5 % and a second process of one thread ~70 %: two processes
+        # of batch 8 (a total batch of 16, lr 2e-2) give 0.374 at 16 epochs and 0.387 at
+        # 18, at 15-21 s an epoch against 21-29 s for one process; 14 epochs gave only
+        # 0.296 (and lr 1e-2 at 14 epochs 0.270): short schedules scatter. Validation at
+        # the middle and the last epoch keeps the run short (an evaluation of the early
+        # model costs up to 5 s).
+        "quick": {"epochs": 16, "batch_size": 8, "processes": 2, "lr": 2e-2, "lr_reference_batch": 16,
+                  "weight_decay": 1e-4, "optimizer": "adamw", "schedule": "cosine", "warmup_epochs": 1,
+                  "val_every": 8},
         # HRNetV2p on COCO (Wang et al. 2020, Faster R-CNN 2x): SGD lr 0.02, momentum 0.9,
         # wd 1e-4, batch 16 (8 GPUs x 2), 24 epochs, x0.1 at 16 and 22, 800x1333 inputs.
         # This head is anchor-free (FCOS-style) rather than Faster R-CNN's two stages.

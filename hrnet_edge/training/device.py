@@ -73,14 +73,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The torch device of ``[train] device`` for the process of ``local_rank``."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if name == "auto":
-        return torch.device("cuda", local_rank)
-    if not name.startswith("cuda"):
+    if not name.startswith("cuda") and name != "auto":
         raise ConfigError(f"[train] device {name!r} is not known; valid: auto, cpu, cuda, cuda:N")
     if not torch.cuda.is_available():
         raise ConfigError(f"[train] device {name!r} needs CUDA, and this torch sees none (a CPU build of torch, "
                           "or no GPU or driver); valid here: auto, cpu")
-    index = local_rank if name == "cuda" else int(name.split(":", 1)[1])
+    index = local_rank if name in ("auto", "cuda") else int(name.split(":", 1)[1])
     count = torch.cuda.device_count()
     if index >= count:
         raise ConfigError(f"[train] device {name!r}: process {local_rank} would use cuda:{index}, but this "
