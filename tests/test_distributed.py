@@ -123,6 +123,39 @@ def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path):
     assert read_state(last)["epoch"] >= 1
 
 
+def test_ctrl_c_stops_every_process_and_says_interrupted(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during ``hrnet-edge train`` with
+    2 processes: torchrun stops its processes, the command ends with status 130 and
+    one "interrupted" line, no traceback, and nothing of the job is left running."""
+    import signal
+
+    import psutil
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(batch=4, per_class=16, epochs=40).replace("[train]\n", "[train]\nprocesses = 2\n"))
+    cmd = [sys.executable, "-m", "hrnet_edge.cli", "train", "--config", str(cfg), "--run", str(tmp_path / "r"),
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    last = tmp_path / "r" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 120
+    while not last.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.is_file(), "no epoch finished"
+    job = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(job) >= 4  # the command, torchrun, its 2 processes
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "hrnet-edge train: interrupted" in out and "Traceback" not in out, out
+    deadline = time.time() + 20
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in job[1:]) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in job[1:] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.parametrize("n,ref,expected", [(4, 128, 1e-3 * 4 * 32 / 128), (1, None, 1e-3)])
 def test_lr_scaling_rule(n, ref, expected):
     from hrnet_edge.training.distributed import World
@@ -150,7 +183,7 @@ def test_train_nproc_through_the_cli_ends_with_a_finished_run(wrapped_run):
     from hrnet_edge.runs import open_run, require_trained, training_state
 
     out, root = wrapped_run
-    assert "[train] 2 processes: torch.distributed.run --standalone --nproc-per-node=2" in out
+    assert "[train] 2 processes: torchrun --standalone --nproc-per-node=2" in out
     assert out.count("[train] device cpu (") == 1 and ", bf16 autocast, 2 processes" in out  # process 0 logs
     run, cfg = open_run(root)
     require_trained(run, cfg)  # RunDirError unless the last checkpoint reached [train] epochs
@@ -171,7 +204,7 @@ def test_train_processes_in_the_config_start_torchrun_and_nproc_overrides_it(tmp
     cfg.write_text(CONFIG.format(batch=4, per_class=8, epochs=1).replace("[train]\n", "[train]\nprocesses = 2\n"))
     base = [sys.executable, "-m", "hrnet_edge.cli", "train", "--config", str(cfg), "--no-progress"]
     out = _command(tmp_path, [*base, "--run", str(tmp_path / "two")])
-    assert "[train] 2 processes: torch.distributed.run --standalone --nproc-per-node=2" in out
+    assert "[train] 2 processes: torchrun --standalone --nproc-per-node=2" in out
     assert "OMP_NUM_THREADS" not in out  # torchrun's notice: the command sets one thread itself
     state = training_state(open_run(tmp_path / "two")[0])
     assert state["step"] == 2 and [r["processes"] for r in state["ran_on"]] == [2]  # 16 / (2 x 4)

@@ -215,29 +215,42 @@ def _torchrun(args, run, cfg, nproc: int, command: str) -> int:
     from hrnet_edge.errors import ConfigError, HRNetEdgeError
     from hrnet_edge.pipeline.stages import child_start
     from hrnet_edge.training.device import resolve_device
+    from hrnet_edge.training.launch import INTERRUPTED
 
     for rank in range(nproc):  # a CUDA device per process: checked before any process starts
         try:
             resolve_device(cfg.train.device, rank)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; run fewer processes ([train] processes, or --nproc)") from None
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "hrnet_edge.cli", command, "--run-dir", str(run.root)]
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}", "-m", "hrnet_edge.cli", command,
+                "--run-dir", str(run.root)]
     flags = ("--no-progress", "--verbose") + (("--force",) if command == "qat" else ())
-    cmd += [flag for flag in flags if getattr(args, flag[2:].replace("-", "_"), False)]
-    say(f"[{command}] {nproc} processes: {' '.join(cmd[2:])}")
+    torchrun += [flag for flag in flags if getattr(args, flag[2:].replace("-", "_"), False)]
+    say(f"[{command}] {nproc} processes: torchrun {' '.join(torchrun)}")
     env, fds = child_console()
     stderr = None
     if fds:  # torchrun passes its processes no descriptor but 0, 1 and 2
         env[ENV_FD], stderr = STDERR_IS_TERMINAL, fds[0]
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own choice, without its notice about it
     # a killed pipeline or train command takes torchrun (and torchrun its processes) with it
-    rc = subprocess.run(cmd, env=env, stderr=stderr, preexec_fn=child_start).returncode
+    proc = subprocess.Popen([sys.executable, "-m", "hrnet_edge.training.launch", *torchrun], env=env,
+                            stderr=stderr, preexec_fn=child_start)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too: it stops its processes first
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if rc == INTERRUPTED:
+        raise KeyboardInterrupt
     if rc != 0:
         what, kept = ("training", "every completed epoch") if command == "train" else ("QAT", "the trained model")
         raise HRNetEdgeError(
             f"distributed {what} stopped: torchrun exited with status {rc} (a process failed or was "
-            f"killed; its error is above). {run.root} keeps {kept}: run the same command again to resume")
+            f"killed; its error is above{' and in the log' if fds else ''}). {run.root} keeps {kept}: "
+            "run the same command again to resume")
     return 0
 
 
