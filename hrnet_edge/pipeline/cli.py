@@ -178,13 +178,13 @@ def _finished(run, cfg) -> bool:
     """Whether the run's training has reached [train] epochs (then one process reports it:
     no torchrun is started for nothing)."""
     from hrnet_edge.errors import HRNetEdgeError
-    from hrnet_edge.runs import training_state
+    from hrnet_edge.runs import require_trained
 
     try:
-        state = training_state(run)
+        require_trained(run, cfg)
     except (HRNetEdgeError, OSError, ValueError):
-        return False  # a damaged checkpoint: the training path says what is wrong with it
-    return bool(state) and state.get("epoch", 0) >= cfg.train.epochs
+        return False  # unfinished, or a damaged checkpoint: the training path says which
+    return True
 
 
 def _nproc(args, default: int = 1) -> int:
@@ -276,9 +276,10 @@ def cmd_qat(args) -> int:
     from hrnet_edge.runs import open_run
     from hrnet_edge.training import distributed
 
-    if not distributed.launched() and _nproc(args) > 1:
+    nproc = _nproc(args)
+    if not distributed.launched() and nproc > 1:
         run, cfg = _init(args, allow_new=False)
-        return _torchrun(args, run, cfg, _nproc(args), "qat")
+        return _torchrun(args, run, cfg, nproc, "qat")
     world = distributed.context()  # under torchrun: join the other processes
     root = world.from_main(lambda: _qat_plan(args))  # the same decision in every process
     if root is None:

@@ -284,9 +284,6 @@ def start_early_exports(run: RunDir, cfg: RunConfig, force: bool = False) -> Ear
     return EarlyExports(run, early, force)
 
 
-LONG_FLOAT_EXPORTS = ("executorch",)
-
-
 def early_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
     """The planned float exports (those that need no QAT), in the order the early worker
     makes them: the longest (ExecuTorch's lowering) first, beside QAT, so that the
@@ -296,7 +293,7 @@ def early_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
     from converters.base import quantized_as
 
     early = [p for p in planned_exports(cfg) if quantized_as(p[1]) != "int8"]
-    return sorted(early, key=lambda p: p[0] not in LONG_FLOAT_EXPORTS)  # stable: the rest keep their order
+    return sorted(early, key=lambda p: p[0] not in SIDE_TARGETS)  # stable: the rest keep their order
 
 
 def merge_index(run: RunDir, rows: list[dict]) -> list[dict]:
