@@ -52,6 +52,7 @@ class ExecuTorchTarget(Target):
     extra = "executorch"
     suffix = ".pte"
     modules = ("executorch.exir", "executorch.runtime")
+    runtime_modules = ("executorch.runtime",)  # exir imports torch and torchao: ~6 s a check
 
     def export(self, job: ExportJob) -> Artifact:
         """Export, lower to XNNPACK and write ``model.pte`` + ``metadata.json`` atomically.

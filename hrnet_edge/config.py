@@ -16,6 +16,8 @@ from hrnet_edge.errors import ConfigError, unknown_choice
 
 TASKS = ("pose", "seg", "det", "cls")
 UPSAMPLE_MODES = ("nearest", "bilinear")
+# How the exchange units upsample (hrnet_edge.models.blocks: where each form matters).
+UPSAMPLE_FORMS = ("interpolate", "broadcast")
 POSE_HEADS = ("v1", "v2")
 
 

@@ -214,7 +214,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     cfg.model_config()  # raises ConfigError on a bad override
     _validate_train(cfg.train)
     cfg = dataclasses.replace(cfg, init=_resolve_init(cfg.init))
-    from hrnet_edge.models.blocks import UPSAMPLE_FORMS
+    from hrnet_edge.config import UPSAMPLE_FORMS  # no torch: a check process may not need it
     if cfg.export.upsample_form not in UPSAMPLE_FORMS:
         raise ConfigError(f"[export] upsample_form {cfg.export.upsample_form!r} is not known; "
                           f"valid: {', '.join(UPSAMPLE_FORMS)}")

@@ -306,3 +306,12 @@ def test_loader_does_not_import_torch():
     code = ("import sys, hrnet_edge.data.coco_instances, hrnet_edge.data.synthetic_det; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_built_in_data_renders_on_every_core(monkeypatch):
+    """[data] workers is the loader's; rendering takes every core when that is more."""
+    from hrnet_edge.data import generated
+
+    monkeypatch.setattr(generated.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert generated.render_workers(1) == 2 and generated.render_workers(0) == 2
+    assert generated.render_workers(3) == 3

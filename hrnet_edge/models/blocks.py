@@ -8,6 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from hrnet_edge.config import UPSAMPLE_FORMS
 from hrnet_edge.errors import unknown_choice
 
 # How a nearest upsampling is written into an exported graph. "interpolate" is the
@@ -15,7 +16,7 @@ from hrnet_edge.errors import unknown_choice
 # which XNNPACK does not take: the graph splits into several delegate partitions.
 # "broadcast" writes the same values as a reshape to 6-D, a multiply by a constant of
 # ones and a reshape back, ops XNNPACK delegates in FP32 and INT8 (one partition).
-UPSAMPLE_FORMS = ("interpolate", "broadcast")
+# (UPSAMPLE_FORMS lives in hrnet_edge.config, which the run configuration reads without torch.)
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
