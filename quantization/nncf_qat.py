@@ -238,6 +238,7 @@ def finetune(
     steps_per_epoch: int | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Quantization-aware fine-tuning with BatchNorm statistics frozen.
 
@@ -256,6 +257,8 @@ def finetune(
         steps_per_epoch: stop each epoch after this many batches (all when None).
         progress: show a tqdm bar with the running loss.
         on_epoch_end: called as ``on_epoch_end(epoch, mean_loss)``, epoch from 1.
+        before_step: called before every step (the pipeline resizes the thread pool
+            there when the process beside it ends).
 
     Returns:
         The mean training loss of each epoch.
@@ -281,7 +284,7 @@ def finetune(
                 total = steps_per_epoch if steps_per_epoch is not None else _len_or_none(loader)
                 bar = tqdm(itertools.islice(loader, steps_per_epoch), desc=f"QAT {epoch}/{epochs}",
                            total=total, disable=not progress, leave=False)
-                history.append(_run_epoch(qat_model, bar, loss_fn, opt, device))
+                history.append(_run_epoch(qat_model, bar, loss_fn, opt, device, before_step))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, history[-1])
         finally:
@@ -289,9 +292,11 @@ def finetune(
     return history
 
 
-def _run_epoch(model, batches, loss_fn, opt, device) -> float:
+def _run_epoch(model, batches, loss_fn, opt, device, before_step=None) -> float:
     total, count = 0.0, 0
     for batch in batches:
+        if before_step is not None:
+            before_step()
         batch = _to_device(batch if isinstance(batch, (tuple, list)) else (batch,), device)
         loss = loss_fn(model(batch[0]), batch)
         if not torch.isfinite(loss):

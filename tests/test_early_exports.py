@@ -146,10 +146,9 @@ def test_no_stage_tidies_the_run_while_the_early_worker_writes(hardening_run, tm
         events.append("tidy")
         return tidy(run)
 
-    from hrnet_edge.pipeline import cli
-
-    threads, set_threads = [], cli._threads
-    monkeypatch.setattr(cli, "_threads", lambda cfg, n=None: (threads.append((n, events[-1:])), set_threads(cfg, n)))
+    threads, share = [], stages.EarlyExports.thread_share
+    monkeypatch.setattr(stages.EarlyExports, "thread_share",
+                        lambda self, n: (threads.append((n, events[-1:])), share(self, n))[1])
     monkeypatch.setattr(stages.EarlyExports, "__init__", started)
     monkeypatch.setattr(stages.EarlyExports, "finish", finished)
     monkeypatch.setattr(runs, "tidy_run", tidied)
@@ -164,7 +163,30 @@ def test_no_stage_tidies_the_run_while_the_early_worker_writes(hardening_run, tm
     between = events[events.index("early started"):events.index("early collected")]
     assert "tidy" not in between, events
     assert events.count("tidy") >= 2  # before training, and again for the checks
-    # QAT ran in one thread, after the worker started: each has a core (EarlyExports)
-    assert (1, ["early started"]) in threads, threads
+    # QAT shared the threads with the worker it started after (EarlyExports.thread_share)
+    assert threads == [(config["check"]["threads"], ["early started"])], threads
     index = json.loads((root / "exports" / "index.json").read_text())
     assert [r["status"] for r in index] == ["exported", "exported"], index
+
+
+def test_qat_takes_one_thread_while_the_worker_runs_and_all_once_it_ends():
+    import torch
+
+    from hrnet_edge.pipeline import stages
+
+    before = torch.get_num_threads()
+    early = object.__new__(stages.EarlyExports)  # only its worker process matters here
+    early.worker = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"]), None)
+    try:
+        rethread = early.thread_share(2)
+        assert early.running() and torch.get_num_threads() == 1
+        rethread()
+        assert torch.get_num_threads() == 1  # the worker still runs
+        early.worker[0].wait()
+        rethread()
+        assert not early.running() and torch.get_num_threads() == 2
+        early.thread_share(2)  # a worker that has already ended: all threads at once
+        assert torch.get_num_threads() == 2
+    finally:
+        early.worker[0].kill()
+        torch.set_num_threads(before)

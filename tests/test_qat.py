@@ -260,8 +260,11 @@ def test_finetune_steps_per_epoch_stops_each_epoch_early(qat_model):
         return heatmap_loss(out, batch)
 
     batches = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]  # 4 batches
-    finetune(qm, batches, loss_fn, epochs=2, lr=1e-4, steps_per_epoch=3, progress=False)
+    calls = []
+    finetune(qm, batches, loss_fn, epochs=2, lr=1e-4, steps_per_epoch=3, progress=False,
+             before_step=lambda: calls.append(len(seen)))
     assert seen == [2] * 6  # 3 of the 4 batches in each of the 2 epochs
+    assert calls == [0, 1, 2, 3, 4, 5]  # before_step: before each step, none after the last
 
 
 def test_finetune_loss_goes_down_on_a_fixed_batch(qat_model):

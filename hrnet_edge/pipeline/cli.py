@@ -291,9 +291,13 @@ def cmd_qat(args) -> int:
         world.close()
         return 0
     with _run_log(args, run, "qat"):
+        rethread, beside = None, getattr(args, "qat_beside", None)
         if not world.active:  # torchrun sets each process's threads (OMP_NUM_THREADS)
-            _threads(cfg, getattr(args, "qat_threads", None))  # the pipeline's: 1 beside its export worker
-        stage_qat(run, cfg, progress=not args.no_progress)
+            if beside is not None:  # the pipeline's export worker: one thread until it ends
+                rethread = beside.thread_share(max(1, cfg.check.threads))
+            else:
+                _threads(cfg)
+        stage_qat(run, cfg, progress=not args.no_progress, rethread=rethread)
     world.close()
     return 0
 
@@ -400,9 +404,9 @@ def cmd_pipeline(args) -> int:
                         # the worker's staging folders are not leftovers: the next stages
                         # must not clear them away (the run was tidied before training)
                         ns.tidy = False
-                        ns.qat_threads = 1  # the worker has the other core (EarlyExports)
+                        ns.qat_beside = early  # the worker has the other core while it runs
                 elif name == "export":
-                    early, ns.tidy = None, True
+                    early, ns.tidy, ns.qat_beside = None, True, None
         except BaseException:
             if early is not None:
                 early.stop()

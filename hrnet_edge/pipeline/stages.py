@@ -30,7 +30,8 @@ def stage_train(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = s
     return train(run, cfg, progress=progress, log=log)
 
 
-def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say) -> dict:
+def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say,
+              rethread: Callable[[], None] | None = None) -> dict:
     """NNCF INT8 initialisation from training images, QAT fine-tuning, evaluation.
 
     On ``[train] device``, in fp32 (fake quantization simulates int8 rounding of fp32
@@ -38,6 +39,10 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
     process calibrates the same images and fine-tunes its slice of each epoch inside
     DistributedDataParallel (which starts all from process 0's weights and ranges);
     process 0 evaluates and alone writes the QAT files and ``metrics.json``.
+
+    ``rethread``: called between phases and before every fine-tuning step
+    (:meth:`EarlyExports.thread_share`: the pipeline's QAT takes the second core when the
+    float exports beside it end).
     """
     import dataclasses
 
@@ -61,6 +66,8 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
         nonlocal mark
         now = time.time()
         timings[name], mark = round(now - mark, 1), now
+        if rethread is not None:
+            rethread()
 
     require_trained(run, cfg)
     log(f"[qat] {place.describe()}" + (f", {world.size} processes" if world.size > 1 else ""))
@@ -100,7 +107,7 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
 
         losses = finetune(world.wrap(qm, sync_bn=False), loader, lambda out, batch: task.loss(out, batch, cfg),
                           epochs=cfg.qat.epochs, lr=cfg.qat.lr, steps_per_epoch=steps,
-                          progress=progress, on_epoch_end=next_epoch)
+                          progress=progress, on_epoch_end=next_epoch, before_step=rethread)
         history = [{"epoch": i + 1, "train_loss": world.mean(float(v))} for i, v in enumerate(losses)]
     lap("finetune")
     qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
@@ -248,7 +255,8 @@ class EarlyExports:
     are mostly single-threaded graph rewriting. :func:`stage_export` collects their rows.
 
     The pipeline runs QAT in one thread beside the worker (its steps are many small
-    operations: a second thread gives them ~5 %), so each has a core. The worker used to
+    operations: a second thread gives them ~5 %), so each has a core, and in two once the
+    worker has ended (:meth:`thread_share`). The worker used to
     run at nice 19 beside a two-thread QAT (at equal priority its one busy thread halved
     the speed of QAT's two); but a niced worker also yielded to the INT8 exports after
     QAT and finished alone, 40-50 s after them (Intel Xeon, 2 vCPUs). Its rows'
@@ -260,6 +268,27 @@ class EarlyExports:
 
     def finish(self, log: Log) -> dict:
         return _finish_export_worker(self.worker, self.pairs, log)
+
+    def running(self) -> bool:
+        return self.worker[0].poll() is None
+
+    def thread_share(self, threads: int) -> Callable[[], None]:
+        """Set this process's torch threads to 1 while the worker runs, and return the
+        check :func:`stage_qat` calls between steps, which raises them to ``threads``
+        once the worker has ended: a QAT longer than the float exports (pose,
+        segmentation, classification) then has both cores for the rest of it, while
+        detection's (shorter than its exports) stays at one thread throughout. A raise
+        lands at a step that depends on timing, so the last digits of such a QAT can
+        differ between runs (its thread count changes the order of some sums)."""
+        import torch
+
+        torch.set_num_threads(1 if self.running() else max(1, threads))
+
+        def rethread() -> None:
+            if torch.get_num_threads() < threads and not self.running():
+                torch.set_num_threads(threads)
+
+        return rethread
 
     def stop(self) -> None:
         """End the worker (QAT failed or was interrupted): its finished artifacts stay
