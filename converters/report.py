@@ -107,7 +107,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "the outputs the reference is confident about (pose: heatmap peak >= 0.2).")
     label, metric = report["metric_label"], report["metric"]
     lines.append(f"\n{report['eval_note']}; input {report['input_size']}.")
-    if report.get("qat"):
+    if report.get("qat") and (report["qat"].get("schedule") or {}).get("epochs") == 0:
+        q = report["qat"]  # no fine-tuning: the INT8 model is NNCF's calibrated init
+        correction = "on" if q["schedule"].get("bias_correction", True) else "off"
+        lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}; "
+                     f"no QAT fine-tuning ([qat] epochs = 0): the INT8 rows start from that init. "
+                     f"NNCF's bias correction {correction}.")
+    elif report.get("qat"):
         q = report["qat"]
         lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}, "
                      f"INT8 after QAT {q['qat']:.4f}. {qat_verdict(q['ptq'], q['qat'])}"

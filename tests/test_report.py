@@ -65,6 +65,11 @@ def test_the_report_says_whether_qat_earned_its_place():
     schedule = {"epochs": 1, "steps_per_epoch": 30, "batch_size": 16, "lr": 1e-4, "bias_correction": False}
     md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.386, "ptq": 0.378, "qat": 0.386, "schedule": schedule}})
     assert ("QAT: 1 epoch(s) of 30 steps at batch 16, lr 0.0001; NNCF's bias correction off." in md), md
+    # no fine-tuning ([qat] epochs = 0, detection's quick recipe): no verdict on a QAT that did not run
+    md = render_markdown({**_report(ROWS), "qat": {"fp32": 0.3736, "ptq": 0.3721, "qat": 0.3721,
+                                                   "schedule": {**schedule, "epochs": 0}}})
+    assert "INT8 after NNCF init 0.3721; no QAT fine-tuning ([qat] epochs = 0)" in md, md
+    assert "INT8 after QAT" not in md and "QAT changes the metric" not in md
 
 
 def test_export_warnings_reach_the_note_column():

@@ -45,6 +45,11 @@ def test_recipes_and_user_values():
     assert (cls.qat.epochs, cls.qat.lr) == (2, 1e-4)
     mine = run_config_from_dict({"model": "hrnet_w8_cls", "qat": {"lr": 3e-5}})
     assert (mine.qat.epochs, mine.qat.lr) == (2, 3e-5)
+    # detection's quick recipe keeps NNCF's init (its one QAT epoch lowered every INT8 row);
+    # a file's epochs bring the 30-step fine-tuning back
+    det = run_config_from_dict({"model": "hrnet_w8_det"})
+    assert (det.qat.epochs, det.qat.steps_per_epoch) == (0, 30)
+    assert run_config_from_dict({"model": "hrnet_w8_det", "qat": {"epochs": 1}}).qat.epochs == 1
     assert run_config_from_dict({"model": "hrnet_w8_pose"}).qat.lr == 1e-5
     assert run_config_from_dict({"model": "hrnet_w8_pose"}).export.carry_qat_ranges is True
     assert not run_config_from_dict({"model": "hrnet_w8_pose", "export": {"carry_qat_ranges": False}}

@@ -112,8 +112,9 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
     lap("finetune")
     qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
     lap("eval_qat")
-    log(f"[qat] INT8 after {cfg.qat.epochs} QAT epoch(s){f' of {steps} steps' if steps else ''} {label} "
-        f"{qat[m]:.4f}")
+    done = (f"after {cfg.qat.epochs} QAT epoch(s){f' of {steps} steps' if steps else ''}" if cfg.qat.epochs
+            else "from NNCF's init alone ([qat] epochs = 0)")
+    log(f"[qat] INT8 {done} {label} {qat[m]:.4f}")
     result = {"metric": m, "fp32": fp32, "ptq": ptq, "qat": qat, "history": history,
               "source_checkpoint_sha256": sha,
               "schedule": {"epochs": cfg.qat.epochs, "steps_per_epoch": steps,
