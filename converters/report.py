@@ -77,9 +77,11 @@ def _qat_schedule(schedule: dict[str, Any] | None) -> str:
     if not schedule:
         return ""
     steps = f" of {schedule['steps_per_epoch']} steps" if schedule.get("steps_per_epoch") else ""
-    correction = "on" if schedule.get("bias_correction", True) else "off"
+    correction = f" NNCF's bias correction {'on' if schedule.get('bias_correction', True) else 'off'}."
+    if schedule.get("epochs") == 0:
+        return correction
     return (f" QAT: {schedule['epochs']} epoch(s){steps} at batch {schedule['batch_size']}, "
-            f"lr {schedule['lr']:g}; NNCF's bias correction {correction}.")
+            f"lr {schedule['lr']:g};{correction}")
 
 
 def _photos(nat: dict[str, Any]) -> str:
@@ -107,17 +109,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "the outputs the reference is confident about (pose: heatmap peak >= 0.2).")
     label, metric = report["metric_label"], report["metric"]
     lines.append(f"\n{report['eval_note']}; input {report['input_size']}.")
-    if report.get("qat") and (report["qat"].get("schedule") or {}).get("epochs") == 0:
-        q = report["qat"]  # no fine-tuning: the INT8 model is NNCF's calibrated init
-        correction = "on" if q["schedule"].get("bias_correction", True) else "off"
-        lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}; "
-                     f"no QAT fine-tuning ([qat] epochs = 0): the INT8 rows start from that init. "
-                     f"NNCF's bias correction {correction}.")
-    elif report.get("qat"):
+    if report.get("qat"):
         q = report["qat"]
-        lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, INT8 after NNCF init {q['ptq']:.4f}, "
-                     f"INT8 after QAT {q['qat']:.4f}. {qat_verdict(q['ptq'], q['qat'])}"
-                     + _qat_schedule(q.get("schedule")))
+        if (q.get("schedule") or {}).get("epochs") == 0:  # no fine-tuning: the INT8 model is NNCF's init
+            said = (f"INT8 after NNCF init {q['ptq']:.4f}; no QAT fine-tuning ([qat] epochs = 0): the INT8 "
+                    "rows start from that init.")
+        else:
+            said = (f"INT8 after NNCF init {q['ptq']:.4f}, INT8 after QAT {q['qat']:.4f}. "
+                    f"{qat_verdict(q['ptq'], q['qat'])}")
+        lines.append(f"\n{label} in PyTorch: FP32 {q['fp32']:.4f}, {said}" + _qat_schedule(q.get("schedule")))
     lines += ["", "| target | precision | status | size (KB) | ref | max abs / range | PSNR dB | cosine | "
               f"{report['agreement_label']} | on photos | {label} | drop | p50 ms | p90 ms | peak MB | note |",
               "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

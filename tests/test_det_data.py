@@ -2,6 +2,7 @@
 validation) and the synthetic COCO-instances generator."""
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import io
 import json
@@ -308,10 +309,19 @@ def test_loader_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_built_in_data_renders_on_every_core(monkeypatch):
-    """[data] workers is the loader's; rendering takes every core when that is more."""
-    from hrnet_edge.data import generated
+def test_built_in_data_renders_on_every_core(monkeypatch, tmp_path):
+    """[data] workers is the loader's; rendering takes up to 2 processes whatever it says,
+    as the pose, segmentation and classification generators do."""
+    from hrnet_edge.data import synthetic_det
+    from hrnet_edge.runconfig import load_run_config
 
-    monkeypatch.setattr(generated.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
-    assert generated.render_workers(1) == 2 and generated.render_workers(0) == 2
-    assert generated.render_workers(3) == 3
+    used = []
+    monkeypatch.setattr(synthetic_det.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(synthetic_det, "run_jobs", lambda fn, jobs, workers: (used.append(workers), [fn(j) for j in jobs])[1])
+    cfg = load_run_config(None, model="hrnet_w8_det")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=1, synthetic_train_images=2,
+                                                            synthetic_val_images=1))
+    cfg.task.generate(tmp_path / "d", cfg, reuse_only=False)
+    assert used and set(used) == {2}
+    generate_synthetic_coco_instances(tmp_path / "e", num_train=2, num_val=1, workers=3)
+    assert used[-1] == 3

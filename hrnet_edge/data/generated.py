@@ -81,19 +81,6 @@ def reuse_or_build(root: Path, params: dict, build: Callable[[Path], None], reus
     return False
 
 
-def render_workers(workers: int) -> int:
-    """Processes to render built-in data with: ``workers`` (``[data] workers``, the data
-    loader's), or every core this process may use when that is more. Rendering runs
-    before training, with nothing beside it, and each job draws from its own seed, so
-    the files do not depend on the count (detection's 1400 images: 20.9 s in one
-    process, 14.0 s in two; Intel Xeon, 2 vCPUs)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, int(workers), cores)
-
-
 def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
     """``[fn(job) for job in jobs]``, in ``workers`` processes when there is more than one
     of each (each job draws from its own seed, so the output does not depend on it).

@@ -92,7 +92,7 @@ def _params(num_train, num_val, image_size, seed) -> dict:
 def generate_synthetic_coco_instances(root: str | os.PathLike, num_train: int = 1200,
                                       num_val: int = 200, image_size: tuple[int, int] = (256, 256),
                                       seed: int = 0, reuse_only: bool = False,
-                                      workers: int = 1) -> None:
+                                      workers: int | None = None) -> None:
     """Generate (or reuse) the synthetic COCO-instances detection dataset under ``root``.
 
     Writes ``images/{train,val}/<id>.jpg``, ``annotations/instances_{train,val}.json``
@@ -110,7 +110,8 @@ def generate_synthetic_coco_instances(root: str | os.PathLike, num_train: int = 
         reuse_only: never (re)generate; a missing or different dataset is a DataError.
             Stages after training use it, so a model is never checked on other images
             than its run was trained and validated with.
-        workers: processes used to render; the output does not depend on it.
+        workers: processes used to render (None: up to 2, as the other generators);
+            the output does not depend on it.
 
     Raises:
         DataError: invalid parameters, or ``root`` exists and is not a dataset made by
@@ -118,7 +119,7 @@ def generate_synthetic_coco_instances(root: str | os.PathLike, num_train: int = 
     """
     root = Path(root)
     params = _params(num_train, num_val, image_size, seed)
-    workers = max(1, int(workers))
+    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
 
     def build(tmp: Path) -> None:
         _write_split(tmp, 0, params["num_train"], params, workers)

@@ -110,7 +110,8 @@ def stage_qat(run: RunDir, cfg: RunConfig, progress: bool = True, log: Log = say
                           progress=progress, on_epoch_end=next_epoch, before_step=rethread)
         history = [{"epoch": i + 1, "train_loss": world.mean(float(v))} for i, v in enumerate(losses)]
     lap("finetune")
-    qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg))
+    # no fine-tuning: the model is the one just evaluated as PTQ
+    qat = world.from_main(lambda: evaluate_model(qm, val_ds, cfg)) if cfg.qat.epochs > 0 else ptq
     lap("eval_qat")
     done = (f"after {cfg.qat.epochs} QAT epoch(s){f' of {steps} steps' if steps else ''}" if cfg.qat.epochs
             else "from NNCF's init alone ([qat] epochs = 0)")

@@ -157,13 +157,12 @@ class DetTask(Task):
 
     # --- data --------------------------------------------------------------------------
     def generate(self, root: Path, cfg: RunConfig, reuse_only: bool) -> None:
-        from hrnet_edge.data.generated import render_workers
         from hrnet_edge.data.synthetic_det import generate_synthetic_coco_instances
 
         d = cfg.data
         generate_synthetic_coco_instances(root, num_train=d.synthetic_train_images, num_val=d.synthetic_val_images,
                                           image_size=tuple(d.synthetic_image_size), seed=d.seed,
-                                          reuse_only=reuse_only, workers=render_workers(d.workers))
+                                          reuse_only=reuse_only)
 
     def build_dataset(self, root: Path, split: str, cfg: RunConfig, train: bool):
         from hrnet_edge.data.coco_instances import load_coco_instances
